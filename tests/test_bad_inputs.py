@@ -1,0 +1,116 @@
+"""Every bad input gets an error that names the value and what was expected."""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from vqdiffusion.tiny import tiny_pipeline
+
+from vqdiffusion import VQDiffusionPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline("text")
+
+
+def call(pipe, prompt="a red circle", **kwargs):
+    kwargs.setdefault("num_inference_steps", 2)
+    kwargs.setdefault("output_type", "tokens")
+    return pipe(prompt, **kwargs)
+
+
+@pytest.mark.parametrize("prompt,error,message", [
+    (42, TypeError, "prompt must be a str or a list of str, got int"),
+    (["ok", 3], TypeError, "every prompt must be a str, got int: 3"),
+    ([], ValueError, "prompt is an empty list"),
+    (None, ValueError, "text-to-image pipeline: pass a prompt"),
+])
+def test_bad_prompts(pipe, prompt, error, message):
+    with pytest.raises(error, match=message):
+        call(pipe, prompt)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(truncation_rate=0.0), r"truncation_rate must be in \(0, 1\], got 0.0"),
+    (dict(truncation_rate=1.5), r"truncation_rate must be in \(0, 1\], got 1.5"),
+    (dict(guidance_scale=-1.0), r"guidance_scale must be a number >= 0, got -1.0"),
+    (dict(num_inference_steps=0), r"num_inference_steps must be an integer in \[1, 100\], got 0"),
+    (dict(num_inference_steps=101), r"num_inference_steps must be an integer in \[1, 100\], got 101"),
+    (dict(num_images_per_prompt=0), r"num_images_per_prompt must be a positive integer, got 0"),
+    (dict(callback_steps=0), r"callback_steps must be a positive integer, got 0"),
+    (dict(latents=torch.zeros(2, 16, dtype=torch.long)), r"latents must have shape \(1, 16\).*got \(2, 16\)"),
+    (dict(latents=torch.full((1, 16), 16)), r"latents must be integer token indices in \[0, 15\]"),
+    (dict(latents=torch.full((1, 16), -1)), r"latents must be integer token indices in \[0, 15\]"),
+    (dict(sampler="fast"), r"unknown sampler 'fast'"),
+    (dict(output_type="jpeg"), r"output_type must be one of"),
+])
+def test_bad_arguments(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        call(pipe, **kwargs)
+
+
+def test_long_prompt_is_truncated_with_a_warning(pipe, caplog):
+    with caplog.at_level(logging.WARNING):
+        tokens = call(pipe, "a red circle " * 40).images
+    assert tokens.shape == (1, 16)
+    assert "exceed the text encoder's 77 tokens" in caplog.text
+
+
+def test_class_and_unconditional_inputs():
+    classes = tiny_pipeline("class")
+    assert classes(class_labels=[1, 2], output_type="tokens", num_inference_steps=2).images.shape == (2, 16)
+    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 9\], got \[3, 10\]"):
+        classes(class_labels=[3, 10])
+    with pytest.raises(ValueError, match="takes no text"):
+        classes("a prompt", class_labels=[1])
+    uncond = tiny_pipeline("uncond")
+    assert uncond(batch_size=3, output_type="tokens", num_inference_steps=2).images.shape == (3, 16)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        uncond(batch_size=0)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("saved")
+    tiny_pipeline("text").save_pretrained(folder)
+    return folder
+
+
+def test_folder_missing_a_component(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    shutil.rmtree(broken / "transformer")
+    with pytest.raises(FileNotFoundError, match=r"missing component folder\(s\) \['transformer'\]"):
+        VQDiffusionPipeline.from_pretrained(broken)
+    shutil.copytree(saved, tmp_path / "no_text")
+    shutil.rmtree(tmp_path / "no_text" / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="missing component folder 'tokenizer'"):
+        VQDiffusionPipeline.from_pretrained(tmp_path / "no_text")
+
+
+def test_checkpoint_that_does_not_match_its_config(saved, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    config_path = broken / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_layers"] = 3
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"transformer checkpoint does not match its config.*missing key"):
+        VQDiffusionPipeline.from_pretrained(broken)
+
+
+def test_not_a_folder_nor_a_hub_id(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a pipeline folder nor a hub id"):
+        VQDiffusionPipeline.from_pretrained(tmp_path / "nowhere" / "at" / "all")
+
+
+def test_saved_pipeline_round_trips(saved):
+    original = tiny_pipeline("text")
+    loaded = VQDiffusionPipeline.from_pretrained(saved)
+    loaded.progress = False
+    a = original("a red circle", output_type="np", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    b = loaded("a red circle", output_type="np", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    assert (a.images == b.images).all()

@@ -1,0 +1,125 @@
+import pytest
+import torch
+from vqdiffusion.tiny import TINY_VQVAE
+
+from vqdiffusion.convert.state_dict import load_checked
+from vqdiffusion.models.transformer import TransformerConfig, VQDiffusionTransformer
+from vqdiffusion.models.vqvae import VQVAE, VectorQuantizer
+
+K = 15
+
+
+def tiny_transformer(**overrides) -> VQDiffusionTransformer:
+    config = dict(num_embeds=K, height=4, width=4, num_layers=2, num_heads=2, head_dim=8, context_dim=32)
+    config.update(overrides)
+    return VQDiffusionTransformer(TransformerConfig(**config)).eval()
+
+
+def test_log_probs_match_diffusers_transformer2d():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    theirs = diffusers.Transformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, num_vector_embeds=K + 1, sample_size=4, num_layers=2,
+        cross_attention_dim=32, activation_fn="geglu-approximate", num_embeds_ada_norm=100,
+        attention_bias=True, norm_type="ada_norm",
+    ).eval()
+    with torch.no_grad():  # diffusers zero-initialises nothing here, but make every weight matter
+        for p in theirs.parameters():
+            p.normal_(0, 0.3)
+    ours = tiny_transformer()
+    load_checked(ours, theirs.state_dict(), "transformer")
+    x_t = torch.randint(0, K + 1, (3, 16))
+    context = torch.randn(3, 77, 32)
+    for t in (0, 17, 99):
+        expected = theirs(x_t, encoder_hidden_states=context, timestep=torch.tensor(t)).sample
+        got = ours(x_t, torch.full((3,), t), context=context)
+        assert got.shape == (3, K, 16)
+        assert (got - expected).abs().max() < 1e-5
+
+
+def test_per_sample_timesteps_equal_separate_calls():
+    model = tiny_transformer()
+    x_t = torch.randint(0, K + 1, (3, 16))
+    context = torch.randn(3, 7, 32)
+    batched = model(x_t, torch.tensor([3, 50, 99]), context=context)
+    for i, t in enumerate((3, 50, 99)):
+        alone = model(x_t[i : i + 1], torch.tensor([t]), context=context[i : i + 1])
+        assert torch.allclose(batched[i], alone[0], atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = tiny_transformer()
+    ckpt = tiny_transformer(gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x_t, t, ctx = torch.randint(0, K + 1, (2, 16)), torch.tensor([4, 80]), torch.randn(2, 5, 32)
+    for model in (plain, ckpt):
+        model.train()
+        model(x_t, t, context=ctx).sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_class_conditional_and_unconditional_variants():
+    cls = tiny_transformer(context_dim=None, num_classes=10)
+    out = cls(torch.randint(0, K + 1, (4, 16)), torch.tensor([1, 2, 3, 4]), class_labels=torch.tensor([0, 3, 9, 10]))
+    assert torch.allclose(out.exp().sum(1), torch.ones(4, 16), atol=1e-5)
+    with pytest.raises(ValueError, match="class-conditional: pass class_labels"):
+        cls(torch.randint(0, K + 1, (1, 16)), 5)
+    uncond = tiny_transformer(context_dim=None)
+    assert not hasattr(uncond.transformer_blocks[0], "attn2")
+    assert uncond(torch.randint(0, K + 1, (2, 16)), 7).shape == (2, K, 16)
+
+
+def test_vqvae_matches_diffusers_vqmodel():
+    diffusers = pytest.importorskip("diffusers")
+    cfg = TINY_VQVAE
+    torch.manual_seed(0)
+    theirs = diffusers.VQModel(
+        block_out_channels=list(cfg.block_out_channels), down_block_types=list(cfg.down_block_types),
+        up_block_types=list(cfg.up_block_types), latent_channels=cfg.latent_channels,
+        num_vq_embeddings=cfg.num_vq_embeddings, vq_embed_dim=cfg.vq_embed_dim,
+        layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
+    ).eval()
+    with torch.no_grad():
+        theirs.quantize.embedding.weight.normal_()
+    ours = load_checked(VQVAE(cfg), theirs.state_dict(), "vqvae").eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    latents = theirs.encode(images).latents
+    assert torch.allclose(ours.encode_latents(images), latents, atol=1e-5)
+    _, _, (_, _, their_codes) = theirs.quantize(latents)
+    codes = ours.encode(images)
+    assert torch.equal(codes.flatten(), their_codes.flatten())
+    expected = theirs.decode(theirs.quantize.get_codebook_entry(codes.flatten(), (2, 8, 8, 6)),
+                             force_not_quantize=True).sample
+    assert torch.allclose(ours.decode(codes), expected, atol=1e-5)
+
+
+def test_ema_codebook_moves_to_the_mean_of_its_assignments():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(num_codes=4, dim=2, beta=0.25, ema_decay=0.0).train()
+    with torch.no_grad():
+        quantizer.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
+    z = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [9.0, 9.0], [11.0, 11.0]]).T.reshape(1, 2, 2, 2)
+    _, loss, codes = quantizer(z)
+    assert codes.flatten().tolist() == [0, 0, 1, 1]
+    book = quantizer.embedding.weight
+    assert torch.allclose(book[0], torch.tensor([0.0, 1.0]), atol=1e-3)  # mean of (1,1), (-1,1)
+    assert torch.allclose(book[1], torch.tensor([10.0, 10.0]), atol=1e-3)
+    assert not book.requires_grad and loss > 0
+
+
+def test_checkpoint_shape_mismatch_is_reported():
+    model = tiny_transformer()
+    state = model.state_dict()
+    state["out.weight"] = torch.zeros(K + 3, 16)
+    state.pop("norm_out.bias")
+    with pytest.raises(ValueError, match=r"does not match its config.*out.weight: checkpoint \(18, 16\) "
+                                         r"vs config \(15, 16\).*missing key.*norm_out.bias"):
+        load_checked(tiny_transformer(), state, "transformer")
+
+
+def test_vqvae_decode_rejects_bad_indices():
+    model = VQVAE(TINY_VQVAE)
+    with pytest.raises(ValueError, match=r"code indices must be in \[0, 14\], got \[0, 15\]"):
+        model.decode(torch.tensor([[[0, 15]]]))

@@ -1,0 +1,52 @@
+"""Classifier-free guidance and truncation of p(x0 | x_t) (SPEC §5)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["classifier_free_guidance", "truncate", "check_truncation_rate", "check_guidance_scale"]
+
+
+def check_truncation_rate(rate: float) -> float:
+    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise ValueError(f"truncation_rate must be in (0, 1], got {rate!r}")
+    return float(rate)
+
+
+def check_guidance_scale(scale: float) -> float:
+    if not isinstance(scale, (int, float)) or scale < 0:
+        raise ValueError(f"guidance_scale must be a number >= 0, got {scale!r}")
+    return float(scale)
+
+
+def classifier_free_guidance(
+    log_p_uncond: torch.Tensor, log_p_cond: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """log p~ = log p_u + s (log p_c - log p_u), renormalised over classes (dim 1).
+
+    Args:
+        log_p_uncond, log_p_cond: (B, K, N) log-probabilities.
+    Returns:
+        (B, K, N) normalised log-probabilities.
+    """
+    guided = log_p_uncond + scale * (log_p_cond - log_p_uncond)
+    return guided - torch.logsumexp(guided, dim=1, keepdim=True)
+
+
+def truncate(log_p: torch.Tensor, rate: float) -> torch.Tensor:
+    """Keep, per token, the most likely classes whose mass *before* each is below ``rate``.
+
+    The most likely class always survives; the rest get -inf. ``rate = 1`` returns the input
+    untouched without any work (the check is on a Python float: no device sync).
+
+    Args:
+        log_p: (B, K, N) normalised log-probabilities.
+    """
+    if rate >= 1:
+        return log_p
+    sorted_log_p, _ = log_p.sort(dim=1, descending=True)  # (B, K, N)
+    sorted_p = sorted_log_p.exp()
+    mass_before = sorted_p.cumsum(dim=1) - sorted_p
+    kept = (mass_before < rate).sum(dim=1, keepdim=True)  # (B, 1, N), >= 1
+    threshold = sorted_log_p.gather(1, kept - 1)  # smallest kept log-probability
+    return log_p.masked_fill(log_p < threshold, float("-inf"))

@@ -1,0 +1,318 @@
+"""VQDiffusionPipeline: prompt (or class, or nothing) -> tokens -> sampler -> decoder -> images.
+
+The call signature and meaning are diffusers' ``VQDiffusionPipeline.__call__``; this project's
+extras (sampler choice, class labels, editing) are keyword arguments after them. The same object
+serves ``sample.py``, validation-time sampling during training and FID/CLIP evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .diffusion.guidance import check_guidance_scale, check_truncation_rate, classifier_free_guidance
+from .diffusion.samplers import EditSpec, Sampler, make_sampler, sample_prior
+from .diffusion.schedule import NoiseSchedule, model_timestep
+from .models.conditioning import LearnedNullEmbedding, TextEncoder, normalize_prompts
+from .models.transformer import VQDiffusionTransformer
+from .models.vqvae import VQVAE
+
+__all__ = ["VQDiffusionPipeline", "ImagePipelineOutput"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+
+
+@dataclass
+class ImagePipelineOutput:
+    """``images``: a list of PIL images, a (B, H, W, 3) float array in [0, 1], a (B, 3, H, W)
+    tensor in [0, 1] (``output_type="pt"``) or (B, N) code indices (``"tokens"``)."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+class VQDiffusionPipeline:
+    """Text-, class- or un-conditional VQ-Diffusion sampling.
+
+    Args:
+        vqvae: the tokenizer; decodes (B, h, w) codes to images.
+        transformer: the denoiser; its config says which condition it takes.
+        schedule: the noise schedule the transformer was trained with.
+        text_encoder: for text models: tokenizer + frozen text model.
+        null_embedding: the learned "empty prompt" for guidance (text models); when absent or not
+            learnable, the empty prompt's encoding is used.
+        sampler: default sampler (a name in ``SAMPLERS``, ``"diffusers"``, or an object).
+    """
+
+    def __init__(
+        self,
+        vqvae: VQVAE,
+        transformer: VQDiffusionTransformer,
+        schedule: NoiseSchedule,
+        text_encoder: TextEncoder | None = None,
+        null_embedding: LearnedNullEmbedding | None = None,
+        sampler: str | Sampler = "ancestral",
+    ) -> None:
+        cfg = transformer.config
+        if schedule.num_codes != cfg.num_embeds or vqvae.num_codes != cfg.num_embeds:
+            raise ValueError(
+                f"components disagree on the number of codes: transformer {cfg.num_embeds}, "
+                f"schedule {schedule.num_codes}, vqvae {vqvae.num_codes}"
+            )
+        if schedule.num_timesteps != cfg.num_timesteps:
+            raise ValueError(
+                f"schedule has {schedule.num_timesteps} steps but the transformer embeds {cfg.num_timesteps}"
+            )
+        if cfg.context_dim is not None and text_encoder is None:
+            raise ValueError("this transformer cross-attends to text: pass a text_encoder")
+        self.vqvae, self.transformer, self.schedule = vqvae, transformer, schedule
+        self.text_encoder, self.null_embedding = text_encoder, null_embedding
+        self.sampler = make_sampler(sampler)
+        self.progress = True
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls, path_or_repo_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, **kwargs
+    ) -> VQDiffusionPipeline:
+        """Load a diffusers-format folder or hub id (e.g. ``microsoft/vq-diffusion-ithq``)."""
+        from .convert.diffusers_format import load_pipeline_components
+
+        pipe = cls(**load_pipeline_components(path_or_repo_id), **kwargs)
+        return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write a diffusers-format folder (each sub-folder loads with diffusers' own classes)."""
+        from .convert.diffusers_format import save_pipeline
+
+        save_pipeline(self, directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> VQDiffusionPipeline:
+        """Move the networks (and cast them to ``dtype``); the schedule stays float32."""
+        for module in (self.vqvae, self.transformer, self.text_encoder, self.null_embedding):
+            if module is not None:
+                module.to(device=device, dtype=dtype)
+        self.schedule.to(device=device)
+        return self
+
+    # ------------------------------------------------------------------ conditions
+    def _conditions(
+        self,
+        prompts: list[str] | None,
+        class_labels: torch.Tensor | None,
+        num_images_per_prompt: int,
+        guidance: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Transformer keyword arguments for the batch, [uncond; cond] when guiding."""
+        cfg, device = self.transformer.config, self.device
+        conditions: dict[str, torch.Tensor] = {}
+        if cfg.context_dim is not None:
+            context = self.text_encoder(prompts).repeat_interleave(num_images_per_prompt, 0)
+            if guidance:
+                if self.null_embedding is not None and self.null_embedding.learnable:
+                    null = self.null_embedding.expand(len(prompts)).to(context)
+                else:
+                    null = self.text_encoder([""] * len(prompts))
+                null = null.repeat_interleave(num_images_per_prompt, 0)
+                context = torch.cat([null, context])
+            conditions["context"] = context.to(device=device, dtype=self.dtype)
+        if cfg.num_classes is not None:
+            labels = class_labels.to(device).repeat_interleave(num_images_per_prompt, 0)
+            if guidance:
+                labels = torch.cat([torch.full_like(labels, cfg.num_classes), labels])
+            conditions["class_labels"] = labels
+        return conditions
+
+    def denoiser(
+        self, conditions: dict[str, torch.Tensor], guidance_scale: float, guidance: bool
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The closure samplers call: (x_t (B, N), paper t (B,)) -> guided log p(x0) (B, K, N)."""
+
+        def log_p_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if not guidance:
+                return self.transformer(x_t, model_timestep(t), **conditions)
+            both = self.transformer(torch.cat([x_t, x_t]), model_timestep(torch.cat([t, t])), **conditions)
+            log_p_uncond, log_p_cond = both.chunk(2)
+            return classifier_free_guidance(log_p_uncond, log_p_cond, guidance_scale)
+
+        return log_p_x0
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 5.0,
+        truncation_rate: float = 1.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        *,
+        sampler: str | Sampler | None = None,
+        class_labels: torch.Tensor | list[int] | int | None = None,
+        batch_size: int | None = None,
+        edit_tokens: torch.Tensor | None = None,
+        edit_start_step: int | None = None,
+        keep_mask: torch.Tensor | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images (diffusers' arguments first, then this project's extras).
+
+        Args:
+            prompt: text prompt(s), for text models.
+            num_inference_steps: network calls; fewer than T respace the chain (except with the
+                ``"diffusers"`` sampler, which reproduces diffusers' truncated chain).
+            guidance_scale: classifier-free guidance weight; guidance is used when > 1.
+            truncation_rate: keep the top classes of p(x0) up to this mass, in (0, 1].
+            generator: a ``torch.Generator`` for reproducible draws.
+            latents: (B, N) starting tokens in ``0..K`` (K = [MASK]); the prior otherwise.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"tokens"``.
+            callback: ``callback(step, timestep, tokens)`` every ``callback_steps`` calls, with
+                the (B, N) tokens after the step and the model timestep just left.
+            sampler: override the pipeline's sampler (name or object).
+            class_labels: class ids (class-conditional models), one per "prompt".
+            batch_size: number of images for unconditional models.
+            edit_tokens: (B, N) or (B, h, w) codes of an image to edit or inpaint.
+            edit_start_step: start the chain from ``q(x_t | edit_tokens)`` at this paper time.
+            keep_mask: (B, N) or (B, h, w) bool, True where ``edit_tokens`` are kept (inpainting).
+        """
+        cfg = self.transformer.config
+        prompts, groups, labels = self._check_condition(prompt, class_labels, batch_size)
+        self._check_counts(num_images_per_prompt, callback_steps, num_inference_steps, output_type)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        truncation_rate = check_truncation_rate(truncation_rate)
+        chosen = self.sampler if sampler is None else make_sampler(sampler)
+        batch = groups * num_images_per_prompt
+        guidance = guidance_scale > 1.0 and (cfg.context_dim is not None or cfg.num_classes is not None)
+
+        conditions = self._conditions(prompts, labels, num_images_per_prompt, guidance)
+        x_t = self._initial_tokens(latents, batch, chosen, generator)
+        edit = self._edit_spec(edit_tokens, edit_start_step, keep_mask, batch)
+        progress = _Progress(callback, callback_steps, self.progress, num_inference_steps)
+        tokens = chosen(
+            self.denoiser(conditions, guidance_scale, guidance),
+            self.schedule,
+            x_t,
+            num_inference_steps=num_inference_steps,
+            truncation_rate=truncation_rate,
+            generator=generator,
+            callback=progress,
+            callback_steps=1,
+            edit=edit,
+        )
+        progress.close()
+        images = self.decode(tokens, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def decode(self, tokens: torch.Tensor, output_type: str = "pil"):
+        """(B, N) codes -> images in the requested ``output_type``."""
+        if output_type == "tokens":
+            return tokens
+        cfg = self.transformer.config
+        grid = tokens.view(tokens.shape[0], cfg.height, cfg.width)
+        images = (self.vqvae.decode(grid).float() / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
+        if output_type == "pt":
+            return images
+        array = images.cpu().permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return array
+        return [Image.fromarray((image * 255).round().astype("uint8")) for image in array]
+
+    # ------------------------------------------------------------------ input checks
+    def _check_condition(self, prompt, class_labels, batch_size) -> tuple[list[str] | None, int, torch.Tensor | None]:
+        cfg = self.transformer.config
+        if cfg.context_dim is not None:
+            if prompt is None:
+                raise ValueError("this is a text-to-image pipeline: pass a prompt (str or list of str)")
+            prompts = normalize_prompts(prompt)
+            return prompts, len(prompts), None
+        if prompt is not None:
+            raise ValueError("this pipeline takes no text; use class_labels= or batch_size=")
+        if cfg.num_classes is not None:
+            if class_labels is None:
+                raise ValueError(f"this pipeline is class-conditional: pass class_labels in [0, {cfg.num_classes - 1}]")
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+            if labels.numel() == 0 or labels.min() < 0 or labels.max() >= cfg.num_classes:
+                raise ValueError(f"class_labels must be in [0, {cfg.num_classes - 1}], got {labels.tolist()}")
+            return None, labels.numel(), labels
+        count = 1 if batch_size is None else batch_size
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return None, count, None
+
+    def _check_counts(self, num_images_per_prompt, callback_steps, num_inference_steps, output_type) -> None:
+        steps = self.schedule.num_timesteps
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        if not isinstance(callback_steps, int) or callback_steps < 1:
+            raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= steps:
+            raise ValueError(f"num_inference_steps must be an integer in [1, {steps}], got {num_inference_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    def _initial_tokens(self, latents, batch: int, sampler: Sampler, generator) -> torch.Tensor:
+        cfg = self.transformer.config
+        shape = (batch, cfg.num_tokens)
+        if latents is None:
+            if sampler.name == "diffusers":  # diffusers always starts from all-[MASK]
+                return torch.full(shape, self.schedule.mask_index, device=self.device)
+            return sample_prior(self.schedule, shape, self.device, generator)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (batch, tokens), got {tuple(latents.shape)}")
+        if latents.dtype.is_floating_point or latents.min() < 0 or latents.max() > cfg.num_embeds:
+            raise ValueError(
+                f"latents must be integer token indices in [0, {cfg.num_embeds}] ({cfg.num_embeds} = [MASK])"
+            )
+        return latents.to(self.device, torch.long)
+
+    def _edit_spec(self, tokens, start_step, keep_mask, batch: int) -> EditSpec | None:
+        if tokens is None:
+            if start_step is not None or keep_mask is not None:
+                raise ValueError("edit_start_step and keep_mask need edit_tokens")
+            return None
+        cfg = self.transformer.config
+        tokens = tokens.reshape(tokens.shape[0], -1).to(self.device, torch.long)
+        if tuple(tokens.shape) != (batch, cfg.num_tokens):
+            raise ValueError(f"edit_tokens must hold ({batch}, {cfg.num_tokens}) codes, got {tuple(tokens.shape)}")
+        if tokens.min() < 0 or tokens.max() >= cfg.num_embeds:
+            raise ValueError(f"edit_tokens must be codes in [0, {cfg.num_embeds - 1}]")
+        if start_step is not None and not 1 <= start_step <= self.schedule.num_timesteps:
+            raise ValueError(f"edit_start_step must be in [1, {self.schedule.num_timesteps}], got {start_step}")
+        if keep_mask is not None:
+            keep_mask = keep_mask.reshape(batch, -1).to(self.device, torch.bool)
+        return EditSpec(tokens, start_step, keep_mask)
+
+
+class _Progress:
+    """Wraps the user's callback (called every ``callback_steps``) with a progress bar."""
+
+    def __init__(self, callback, callback_steps: int, enabled: bool, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.callback, self.every = callback, callback_steps
+        self.bar = tqdm(total=total, desc="sampling", unit="step", leave=False, disable=not enabled)
+
+    def __call__(self, step: int, timestep: int, tokens: torch.Tensor) -> None:
+        self.bar.update(1)
+        if self.callback is not None and step % self.every == 0:
+            self.callback(step, timestep, tokens)
+
+    def close(self) -> None:
+        self.bar.close()
