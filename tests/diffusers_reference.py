@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from vqdiffusion.tiny import TINY_VQVAE, tiny_clip
 
 NUM_CODES = TINY_VQVAE.num_vq_embeddings  # K

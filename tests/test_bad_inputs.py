@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
-from vqdiffusion.tiny import tiny_pipeline
 
 from vqdiffusion import VQDiffusionPipeline
+from vqdiffusion.tiny import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 import pytest
 import torch
-from vqdiffusion.tiny import TINY_VQVAE
 
 from vqdiffusion.convert.state_dict import load_checked
 from vqdiffusion.models.transformer import TransformerConfig, VQDiffusionTransformer
 from vqdiffusion.models.vqvae import VQVAE, VectorQuantizer
+from vqdiffusion.tiny import TINY_VQVAE
 
 K = 15
 
