@@ -67,7 +67,8 @@ def original_vqvae_checkpoint(model: VQVAE) -> dict:
         for a, b in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
             for leaf in ("weight", "bias"):
                 value = sd[f"{ours}.{a}.{leaf}"]
-                orig[f"{theirs}.{b}.{leaf}"] = value[:, :, None, None] if leaf == "weight" and a != "group_norm" else value
+                is_conv = leaf == "weight" and a != "group_norm"  # taming's q/k/v/proj_out are 1x1 convs
+                orig[f"{theirs}.{b}.{leaf}"] = value[:, :, None, None] if is_conv else value
 
     for part in ("encoder", "decoder"):
         for leaf in ("weight", "bias"):
@@ -84,7 +85,8 @@ def original_vqvae_checkpoint(model: VQVAE) -> dict:
                 attention(f"encoder.down_blocks.{i}.attentions.{j}", f"encoder.down.{i}.attn.{j}")
         if hasattr(block, "downsamplers"):
             for leaf in ("weight", "bias"):
-                orig[f"encoder.down.{i}.downsample.conv.{leaf}"] = sd[f"encoder.down_blocks.{i}.downsamplers.0.conv.{leaf}"]
+                ours = f"encoder.down_blocks.{i}.downsamplers.0.conv.{leaf}"
+                orig[f"encoder.down.{i}.downsample.conv.{leaf}"] = sd[ours]
     for i, block in enumerate(model.decoder.up_blocks):
         level = n - 1 - i  # taming stores the decoder's levels lowest resolution last
         for j in range(len(block.resnets)):
