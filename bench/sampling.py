@@ -1,0 +1,187 @@
+"""Sampling speed: this project's pipeline vs diffusers' VQDiffusionPipeline, same GPU, same run.
+
+ITHQ size (36 layers, width 1408 = 16 heads x 88, 32x32 tokens, 4096 codes, CLIP ViT-B/32 text
+encoder, the ITHQ VQ-VAE layout), random weights shared by both pipelines, guidance 5,
+truncation 0.86. Each configuration is timed end to end (prompt encoding, every step, decoding)
+at two step counts; the difference gives the cost of one step and the rest the fixed cost, so a
+100-step run costs ``fixed + 100 * step``. Warm-up excluded, CUDA-synchronised wall time, median
+of ``--reps`` repetitions.
+
+    python bench/sampling.py --batch 1 32 --out results.json
+
+Needs a CUDA GPU and diffusers (``../shared/tools/device-wheels`` fetches its wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+from vqdiffusion import VQDiffusionPipeline
+from vqdiffusion.convert.diffusers_format import transformer_config_from_diffusers, vqvae_config_from_diffusers
+from vqdiffusion.convert.state_dict import load_checked
+from vqdiffusion.diffusion.schedule import NoiseSchedule
+from vqdiffusion.models import LearnedNullEmbedding, TextEncoder, VQDiffusionTransformer
+from vqdiffusion.models.vqvae import VQVAE
+from vqdiffusion.tiny import byte_level_vocab
+
+ITHQ_TRANSFORMER = dict(
+    num_attention_heads=16, attention_head_dim=88, num_vector_embeds=4097, sample_size=32, num_layers=36,
+    cross_attention_dim=512, activation_fn="geglu-approximate", num_embeds_ada_norm=100, attention_bias=True,
+    norm_type="ada_norm",
+)
+ITHQ_VQVAE = dict(
+    block_out_channels=[128, 256, 256, 512], layers_per_block=2, latent_channels=256, num_vq_embeddings=4096,
+    vq_embed_dim=128, down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+    up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3, norm_num_groups=32, sample_size=256,
+)
+PROMPT = "a teddy bear playing in the pool"
+
+
+def flops_per_step(batch: int, guidance: bool) -> float:
+    """Matmul FLOPs of one transformer call (2 per multiply-add), counted from the shapes."""
+    n, d, layers, ctx_len, ctx_dim, codes = 1024, 1408, 36, 77, 512, 4096
+    per_layer = (
+        2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d  # self-attention: qkv, scores + values, out
+        + 2 * n * d * d + 2 * 2 * ctx_len * ctx_dim * d + 2 * 2 * n * ctx_len * d + 2 * n * d * d  # cross
+        + 2 * 2 * n * d * 4 * d  # MLP
+    )
+    per_sequence = layers * per_layer + 2 * n * d * codes
+    return per_sequence * batch * (2 if guidance else 1)
+
+
+def matmul_peak() -> float:
+    """Measured bf16 TFLOP/s of an 8192^3 product (random data)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / statistics.median(times) / 1e12
+
+
+def build(dtype_ours: list[torch.dtype], device: str, layers: int):
+    from diffusers import Transformer2DModel, VQDiffusionScheduler, VQModel
+    from diffusers import VQDiffusionPipeline as Reference
+    from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
+        LearnedClassifierFreeSamplingEmbeddings,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = Transformer2DModel(**{**ITHQ_TRANSFORMER, "num_layers": layers})
+        vqvae = VQModel(**ITHQ_VQVAE)
+        vocab = byte_level_vocab()
+        text_model = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, eos_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|startoftext|>"]))
+        null = LearnedClassifierFreeSamplingEmbeddings(learnable=True, hidden_size=512, length=77)
+        null.embeddings.data.normal_()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    reference = Reference(vqvae=vqvae, text_encoder=text_model, tokenizer=tokenizer, transformer=transformer,
+                          scheduler=VQDiffusionScheduler(num_vec_classes=4097),
+                          learned_classifier_free_sampling_embeddings=null)
+    ours = {}
+    for dtype in dtype_ours:
+        with torch.device(device):
+            our_transformer = VQDiffusionTransformer(transformer_config_from_diffusers(dict(transformer.config)))
+            our_vqvae = VQVAE(vqvae_config_from_diffusers(dict(vqvae.config)))
+            our_null = LearnedNullEmbedding(77, 512)
+        load_checked(our_transformer, transformer.state_dict(), "transformer")
+        load_checked(our_vqvae, vqvae.state_dict(), "vqvae")
+        our_null.embeddings.data.copy_(null.embeddings.data)
+        text = TextEncoder(copy.deepcopy(text_model), tokenizer)
+        pipe = VQDiffusionPipeline(our_vqvae.eval(), our_transformer.eval(), NoiseSchedule(4096),
+                                   text_encoder=text, null_embedding=our_null)
+        pipe.progress = False
+        ours[dtype] = pipe.to(device, dtype)
+    reference.to(device, torch.float16 if device == "cuda" else torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    return reference, ours
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_call(run, reps: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(reps):
+        synchronize()
+        start = time.perf_counter()
+        run()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(pipe, batch: int, steps: tuple[int, int], reps: int, device: str, **kwargs) -> dict:
+    def run_with(n):
+        return lambda: pipe([PROMPT] * batch, num_inference_steps=n, guidance_scale=5.0, truncation_rate=0.86,
+                            generator=torch.Generator(device).manual_seed(0), output_type="np", **kwargs)
+
+    short, long = (time_call(run_with(n), reps) for n in steps)
+    step = (long - short) / (steps[1] - steps[0])
+    fixed = max(short - steps[0] * step, 0.0)
+    total = fixed + 100 * step
+    return {"ms_per_step": 1e3 * step, "fixed_ms": 1e3 * fixed, "s_per_100_steps": total,
+            "images_per_s": batch / total, "tflops": flops_per_step(batch, True) / step / 1e12}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--steps", type=int, nargs=2, default=[10, 30])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--layers", type=int, default=36, help="fewer for a smoke test; FLOPs assume 36")
+    args = parser.parse_args()
+
+    import diffusers
+
+    peak = matmul_peak() if args.device == "cuda" else float("nan")
+    dtypes = [torch.bfloat16, torch.float16] if args.device == "cuda" else [torch.float32]
+    reference, ours = build(dtypes, args.device, args.layers)
+    rows = []
+    for batch in args.batch:
+        entries = [("diffusers fp16", reference, {})]
+        entries += [(f"vqdiffusion {str(d).split('.')[-1]}", p, {}) for d, p in ours.items()]
+        for name, pipe, extra in entries:
+            result = measure(pipe, batch, tuple(args.steps), args.reps, args.device, **extra)
+            rows.append({"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak})
+            print(f"{name:>18} b={batch:<3} {result['ms_per_step']:8.1f} ms/step  "
+                  f"{result['images_per_s']:6.3f} img/s  {result['tflops']:6.0f} TFLOP/s", flush=True)
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    info = {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "matmul_peak_tflops": peak, "settings": "100 steps, guidance 5, truncation 0.86, ITHQ size",
+            "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    print(f"\n{info['gpu']}, torch {info['torch']}, diffusers {info['diffusers']}, "
+          f"measured bf16 matmul peak {peak:.0f} TFLOP/s")
+    print("| pipeline | batch | ms/step | images/s (100 steps) | TFLOP/s | MFU | vs diffusers |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        base = next(r for r in rows if r["batch"] == row["batch"] and r["pipeline"] == "diffusers fp16")
+        print(f"| {row['pipeline']} | {row['batch']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.3f} | "
+              f"{row['tflops']:.0f} | {100 * row['mfu']:.0f}% | {row['images_per_s'] / base['images_per_s']:.2f}x |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(info, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
