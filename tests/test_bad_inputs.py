@@ -4,6 +4,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,30 @@ def test_saved_pipeline_round_trips(saved):
     a = original("a red circle", output_type="np", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
     b = loaded("a red circle", output_type="np", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
     assert (a.images == b.images).all()
+
+
+def test_class_conditional_pipeline_saves_in_its_own_class_and_round_trips(tmp_path):
+    pipe = tiny_pipeline("class")
+    pipe.save_pretrained(tmp_path / "cls")
+    config = json.loads((tmp_path / "cls" / "transformer" / "config.json").read_text())
+    assert config["_class_name"] == "VQDiffusionTransformer" and config["num_classes"] == 10
+    loaded = VQDiffusionPipeline.from_pretrained(tmp_path / "cls")
+    loaded.progress = False
+    kwargs = dict(class_labels=[4, 7], num_inference_steps=4, output_type="tokens")
+    a = pipe(generator=torch.Generator().manual_seed(1), **kwargs).images
+    b = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images
+    assert torch.equal(a, b)
+
+
+def test_editing_from_an_image_keeps_the_kept_tokens(pipe):
+    from PIL import Image
+
+    image = Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype("uint8"))
+    codes = pipe.encode_images(image)
+    keep = torch.zeros(1, 16, dtype=torch.bool)
+    keep[0, :8] = True
+    out = pipe("a red circle", edit_image=image, keep_mask=keep, edit_start_step=50, num_inference_steps=5,
+               output_type="tokens", sampler_options={"purity_weight": 2.0}, sampler="purity").images
+    assert torch.equal(out[0, :8], codes[0, :8])
+    with pytest.raises(ValueError, match=r"give a \(2, 2\) token grid; this model needs 8x8 pixels"):
+        pipe.encode_images(torch.rand(1, 3, 4, 4))

@@ -166,8 +166,10 @@ class VQDiffusionPipeline:
         callback_steps: int = 1,
         *,
         sampler: str | Sampler | None = None,
+        sampler_options: dict | None = None,
         class_labels: torch.Tensor | list[int] | int | None = None,
         batch_size: int | None = None,
+        edit_image: Image.Image | list[Image.Image] | torch.Tensor | None = None,
         edit_tokens: torch.Tensor | None = None,
         edit_start_step: int | None = None,
         keep_mask: torch.Tensor | None = None,
@@ -186,8 +188,12 @@ class VQDiffusionPipeline:
             callback: ``callback(step, timestep, tokens)`` every ``callback_steps`` calls, with
                 the (B, N) tokens after the step and the model timestep just left.
             sampler: override the pipeline's sampler (name or object).
+            sampler_options: keyword arguments for a sampler given by name, e.g.
+                ``{"purity_weight": 2.0}`` for ``"purity"``.
             class_labels: class ids (class-conditional models), one per "prompt".
             batch_size: number of images for unconditional models.
+            edit_image: image(s) to edit or inpaint (PIL, or a (B, 3, H, W) tensor in [0, 1]),
+                encoded with the VQ-VAE; one per generated image.
             edit_tokens: (B, N) or (B, h, w) codes of an image to edit or inpaint.
             edit_start_step: start the chain from ``q(x_t | edit_tokens)`` at this paper time.
             keep_mask: (B, N) or (B, h, w) bool, True where ``edit_tokens`` are kept (inpainting).
@@ -197,12 +203,18 @@ class VQDiffusionPipeline:
         self._check_counts(num_images_per_prompt, callback_steps, num_inference_steps, output_type)
         guidance_scale = check_guidance_scale(guidance_scale)
         truncation_rate = check_truncation_rate(truncation_rate)
-        chosen = self.sampler if sampler is None else make_sampler(sampler)
+        if sampler is None and sampler_options:
+            sampler = self.sampler.name
+        chosen = self.sampler if sampler is None else make_sampler(sampler, **(sampler_options or {}))
         batch = groups * num_images_per_prompt
         guidance = guidance_scale > 1.0 and (cfg.context_dim is not None or cfg.num_classes is not None)
 
         conditions = self._conditions(prompts, labels, num_images_per_prompt, guidance)
         x_t = self._initial_tokens(latents, batch, chosen, generator)
+        if edit_image is not None:
+            if edit_tokens is not None:
+                raise ValueError("pass edit_image or edit_tokens, not both")
+            edit_tokens = self.encode_images(edit_image)
         edit = self._edit_spec(edit_tokens, edit_start_step, keep_mask, batch)
         progress = _Progress(callback, callback_steps, self.progress, num_inference_steps)
         tokens = chosen(
@@ -219,6 +231,25 @@ class VQDiffusionPipeline:
         progress.close()
         images = self.decode(tokens, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    @torch.no_grad()
+    def encode_images(self, images: Image.Image | list[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """Images (PIL, or (B, 3, H, W) in [0, 1]) -> (B, N) codes on the transformer's grid."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, list):
+            arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255 for image in images]
+            images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be PIL images or a (B, 3, H, W) tensor, got shape {tuple(images.shape)}")
+        vqvae_dtype = next(self.vqvae.parameters()).dtype
+        codes = self.vqvae.encode((images * 2 - 1).to(self.device, vqvae_dtype))  # (B, h, w)
+        cfg = self.transformer.config
+        if codes.shape[1:] != (cfg.height, cfg.width):
+            factor = self.vqvae.config.downsample_factor
+            raise ValueError(f"images of {tuple(images.shape[2:])} pixels give a {tuple(codes.shape[1:])} token grid; "
+                             f"this model needs {cfg.height * factor}x{cfg.width * factor} pixels")
+        return codes.reshape(codes.shape[0], -1)
 
     def decode(self, tokens: torch.Tensor, output_type: str = "pil"):
         """(B, N) codes -> images in the requested ``output_type``."""

@@ -9,7 +9,9 @@ Layout (``model_index.json`` + one sub-folder per component)::
     scheduler/        scheduler_config.json (VQDiffusionScheduler)
     learned_classifier_free_sampling_embeddings/  config.json (+ weights when learnable)
 
-Parameter names of our modules equal diffusers', so weights map one to one. Each component is
+Parameter names of our modules equal diffusers', so weights map one to one. Models diffusers'
+classes cannot express (class-conditional transformers) are written in the same layout with
+``"_class_name": "VQDiffusionTransformer"`` and our own config fields. Each component is
 read from its own folder, never through ``model_index.json``'s class names: diffusers 0.42 can no
 longer resolve the deprecated ``LearnedClassifierFreeSamplingEmbeddings`` class named there, so
 it cannot load these folders itself, while this loader does.
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import __version__
 from ..diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ..models.conditioning import LearnedNullEmbedding, TextEncoder
 from ..models.transformer import TransformerConfig, VQDiffusionTransformer
@@ -69,6 +72,27 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
                 return load_file(folder / name)
             return torch.load(folder / name, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"no weights in {folder}: expected one of {WEIGHT_FILES}")
+
+
+OWN_TRANSFORMER_CLASS = "VQDiffusionTransformer"
+
+
+def transformer_config_from_folder(config: dict) -> TransformerConfig:
+    """Our own class (any variant) or diffusers' discrete Transformer2DModel."""
+    if config.get("_class_name") == OWN_TRANSFORMER_CLASS:
+        fields = {k: v for k, v in config.items() if not k.startswith("_")}
+        return TransformerConfig(**fields)
+    return transformer_config_from_diffusers(config)
+
+
+def transformer_config_to_folder(config: TransformerConfig) -> dict:
+    """diffusers' Transformer2DModel config where it can express the model, ours otherwise
+    (class-conditional or non-square models, which diffusers' class cannot hold)."""
+    if config.height == config.width and config.num_classes is None and not config.extra:
+        return transformer_config_to_diffusers(config)
+    data = config.to_dict()
+    data.pop("gradient_checkpointing")
+    return {"_class_name": OWN_TRANSFORMER_CLASS, "_vqdiffusion_version": __version__, **data}
 
 
 def transformer_config_from_diffusers(config: dict) -> TransformerConfig:
@@ -161,7 +185,7 @@ def load_pipeline_components(path_or_repo_id: str | os.PathLike) -> dict:
     vq_config = vqvae_config_from_diffusers(_read_json(root / "vqvae" / "config.json"))
     vqvae = load_checked(VQVAE(vq_config), _weights(root / "vqvae"), "vqvae")
 
-    tf_config = transformer_config_from_diffusers(_read_json(root / "transformer" / "config.json"))
+    tf_config = transformer_config_from_folder(_read_json(root / "transformer" / "config.json"))
     transformer = load_checked(VQDiffusionTransformer(tf_config), _weights(root / "transformer"), "transformer")
 
     num_codes, schedule_config = schedule_config_from_diffusers(
@@ -203,8 +227,7 @@ def save_pipeline(pipe, directory: str | os.PathLike) -> None:
 
     with atomic_directory(directory) as root:
         _save_module(pipe.vqvae, vqvae_config_to_diffusers(pipe.vqvae.config), root / "vqvae")
-        _save_module(pipe.transformer, transformer_config_to_diffusers(pipe.transformer.config),
-                     root / "transformer")
+        _save_module(pipe.transformer, transformer_config_to_folder(pipe.transformer.config), root / "transformer")
         schedule = pipe.schedule.config
         scheduler = {
             "_class_name": "VQDiffusionScheduler", "_diffusers_version": DIFFUSERS_VERSION,
@@ -214,9 +237,12 @@ def save_pipeline(pipe, directory: str | os.PathLike) -> None:
         }
         (root / "scheduler").mkdir()
         (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+        transformer_class = json.loads((root / "transformer" / "config.json").read_text())["_class_name"]
         index = {
             "_class_name": "VQDiffusionPipeline", "_diffusers_version": DIFFUSERS_VERSION,
-            "vqvae": ["diffusers", "VQModel"], "transformer": ["diffusers", "Transformer2DModel"],
+            "vqvae": ["diffusers", "VQModel"],
+            "transformer": ["diffusers" if transformer_class != OWN_TRANSFORMER_CLASS else "vqdiffusion",
+                            transformer_class],
             "scheduler": ["diffusers", "VQDiffusionScheduler"],
         }
         if pipe.text_encoder is not None:
