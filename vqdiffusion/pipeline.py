@@ -260,9 +260,14 @@ class VQDiffusionPipeline:
         images = (self.vqvae.decode(grid).float() / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
         if output_type == "pt":
             return images
-        array = images.cpu().permute(0, 2, 3, 1).numpy()
         if output_type == "np":
-            return array
+            return images.cpu().permute(0, 2, 3, 1).numpy()
+        return self._to_pil(images)
+
+    @staticmethod
+    def _to_pil(images: torch.Tensor) -> list[Image.Image]:
+        """(B, 3, H, W) in [0, 1] -> PIL images (rounded like diffusers' numpy_to_pil)."""
+        array = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
         return [Image.fromarray((image * 255).round().astype("uint8")) for image in array]
 
     # ------------------------------------------------------------------ input checks

