@@ -219,11 +219,17 @@ class ShapesDataset(Dataset):
     def scene(self, index: int) -> Scene:
         return random_scene(np.random.default_rng([self.seed, index]), self.two_object_share)
 
-    def validation_prompts(self, count: int) -> list[str]:
-        """``count`` prompts: every single-object caption in turn, then two-object ones."""
+    def validation_prompts(self, count: int, kind: str = "mixed") -> list[str]:
+        """``count`` fixed prompts: ``"single_objects"`` (the 18 captions, cycled), ``"two_objects"``
+        (seeded compositions) or ``"mixed"`` (every single caption first, then compositions)."""
+        if kind not in ("single_objects", "two_objects", "mixed"):
+            raise ValueError(f"kind must be 'single_objects', 'two_objects' or 'mixed', got {kind!r}")
         singles = single_object_prompts()
-        pairs = [random_scene(np.random.default_rng([self.seed, 2**32 - 1, i]), 1.0).caption
-                 for i in range(max(0, count - len(singles)))]
+        if kind == "single_objects":
+            return [singles[i % len(singles)] for i in range(count)]
+        pairs = [random_scene(np.random.default_rng([self.seed, 2**32 - 1, i]), 1.0).caption for i in range(count)]
+        if kind == "two_objects":
+            return pairs
         return (singles + pairs)[:count]
 
     @staticmethod

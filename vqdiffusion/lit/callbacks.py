@@ -47,11 +47,11 @@ def sample_for_validation(module, dataset, prompts, num_images: int, seed: int, 
     module.eval()
     try:
         if module.kind == "text":
-            if prompts is None:
-                prompts = dataset.validation_prompts(num_images) if hasattr(dataset, "validation_prompts") else None
-            if prompts is None:
-                raise ValueError("set validation.prompts: the dataset has no validation_prompts()")
-            prompts = list(prompts)[:num_images]
+            if prompts is None or isinstance(prompts, str):
+                if not hasattr(dataset, "validation_prompts"):
+                    raise ValueError("set validation.prompts to a list: the dataset has no validation_prompts()")
+                prompts = dataset.validation_prompts(num_images, *([prompts] if prompts else []))
+            prompts = [prompts[i % len(prompts)] for i in range(num_images)]  # cycled when short
             images = pipe(prompts, generator=generator, **kwargs).images
         elif module.kind == "class":
             labels = torch.arange(num_images) % module.transformer.config.num_classes

@@ -105,8 +105,9 @@ class DiffusionModule(pl.LightningModule):
         drop = torch.rand(size, device=self.device, generator=generator) < dropout
         if self.kind == "text":
             self.text_encoder.encoder.to(self.device)  # a no-op after the first call
-            context = self.text_encoder(batch["caption"], self.device)  # (B, L, C)
-            null = self.null_embedding.expand(size).to(context)
+            # float32 whatever the encoder's dtype: autocast picks the matmul precision
+            context = self.text_encoder(batch["caption"], self.device).float()  # (B, L, C)
+            null = self.null_embedding.expand(size)
             return {"context": torch.where(drop[:, None, None], null, context)}
         if self.kind == "class":
             labels = batch["label"].to(self.device)
