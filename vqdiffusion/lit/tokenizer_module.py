@@ -71,9 +71,10 @@ class TokenizerModule(pl.LightningModule):
         latents = self.vqvae.encode_latents(images)  # (B, C, h, w)
         pool = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
         choice = torch.randint(len(pool), (count,), device=pool.device)
-        self.vqvae.quantize.embedding.weight[dead] = pool[choice]
+        fresh = pool[choice].to(self.vqvae.quantize.embedding.weight.dtype)
+        self.vqvae.quantize.embedding.weight[dead] = fresh
         if self.vqvae.quantize.ema_decay is not None:
-            self.vqvae.quantize.ema_sum[dead] = pool[choice]
+            self.vqvae.quantize.ema_sum[dead] = fresh
             self.vqvae.quantize.ema_count[dead] = 1.0
         self.code_usage[dead] = self.hparams.dead_code_threshold
         self.log("tokenizer/restarted_codes", float(count))

@@ -243,9 +243,11 @@ class VectorQuantizer(nn.Module):
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, h, w) -> (B, h, w) nearest code indices."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)  # (B*h*w, C)
-        book = self.embedding.weight
-        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
+        # Distances in float32 even under autocast: bf16 would pick wrong neighbours.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()  # (B*h*w, C)
+            book = self.embedding.weight.float()
+            distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)[None]
         return distance.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -266,8 +268,9 @@ class VectorQuantizer(nn.Module):
         return z + (quant - z).detach(), loss, indices
 
     @torch.no_grad()
+    @torch.autocast(device_type="cuda", enabled=False)
     def _ema_update(self, z: torch.Tensor, indices: torch.Tensor) -> None:
-        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
         onehot = F.one_hot(indices.reshape(-1), self.num_codes).type_as(flat)  # (M, K)
         decay = self.ema_decay
         self.ema_count.mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
