@@ -10,7 +10,7 @@ install:
 	$(PYTHON) -m pip install -q -e ".[dev]"
 
 quickstart: install
-	$(PYTHON) -m vqdiffusion.demo --out outputs/quickstart
+	$(PYTHON) train.py experiment=quickstart
 
 test: install
 	$(PYTHON) -m pytest -q -m "not slow and not gpu"

@@ -22,6 +22,7 @@ TINY = [
     "sampler.num_inference_steps=2", "data.batch_size=4", "limit_val_batches=1",
     "model.num_layers=1", "model.num_heads=2", "model.head_dim=8",
     "tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "logger=csv",
+    "trainer=cpu", "data.num_workers=0", "tokenizer.latent_channels=8", "tokenizer.vq_embed_dim=8",
 ]
 
 

@@ -26,7 +26,7 @@ RUNS = [("ancestral", 100), ("ancestral", 10), ("purity", 10)]
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/quickstart"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

@@ -5,7 +5,10 @@ Supported layouts:
 * transformer: ``Text2ImageTransformer`` (ITHQ, COCO, CUB-200, Oxford-102), stored under
   ``checkpoint["model"]`` with the EMA copy under ``checkpoint["ema"]`` (used by default, as the
   original inference code does);
-* tokenizer: ``PatchVQGAN`` / the EMA ``PatchVQVAE`` of ITHQ (``checkpoint["model"]``).
+* tokenizer: ``PatchVQGAN`` / the EMA ``PatchVQVAE`` of ITHQ (``checkpoint["model"]``), and
+  taming VQGANs of the same layout (``quantize.embedding.weight``). The COCO/CUB models index
+  only the 2887 codes their VQGAN used, through a code-mapping file: that mapping is not
+  imported yet, so those transformers load but need their tokenizer's mapping to decode.
 
 Key mapping (original -> ours; ours equals diffusers'). Transformer, prefix ``transformer.transformer.``:
 
@@ -162,7 +165,9 @@ _LEAF_RENAMES = [
 
 def vqvae_from_original(checkpoint: dict) -> VQVAE:
     """Our VQVAE from an original ``PatchVQGAN`` / ``PatchVQVAE`` checkpoint (config read off shapes)."""
-    state = checkpoint.get("model", checkpoint)
+    state = dict(checkpoint.get("model", checkpoint))
+    if "quantize.embedding.weight" in state:  # taming's VQGAN keeps an nn.Embedding
+        state["quantize.embedding"] = state.pop("quantize.embedding.weight")
     down = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
     if not down or "quantize.embedding" not in state:
         raise ValueError("not an original PatchVQGAN checkpoint (expected 'encoder.down.*' and 'quantize.embedding')")
