@@ -21,6 +21,7 @@ from .diffusion.schedule import NoiseSchedule, model_timestep
 from .models.conditioning import LearnedNullEmbedding, TextEncoder, normalize_prompts
 from .models.transformer import VQDiffusionTransformer
 from .models.vqvae import VQVAE
+from .utils.images import to_pil
 
 __all__ = ["VQDiffusionPipeline", "ImagePipelineOutput"]
 
@@ -262,13 +263,7 @@ class VQDiffusionPipeline:
             return images
         if output_type == "np":
             return images.cpu().permute(0, 2, 3, 1).numpy()
-        return self._to_pil(images)
-
-    @staticmethod
-    def _to_pil(images: torch.Tensor) -> list[Image.Image]:
-        """(B, 3, H, W) in [0, 1] -> PIL images (rounded like diffusers' numpy_to_pil)."""
-        array = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-        return [Image.fromarray((image * 255).round().astype("uint8")) for image in array]
+        return to_pil(images)
 
     # ------------------------------------------------------------------ input checks
     def _check_condition(self, prompt, class_labels, batch_size) -> tuple[list[str] | None, int, torch.Tensor | None]:

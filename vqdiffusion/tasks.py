@@ -17,7 +17,7 @@ from .lit.callbacks import SampleGrid, StopAfterSteps, sample_for_validation
 from .lit.diffusion_module import DiffusionModule
 from .lit.tokenizer_module import TokenizerModule
 from .utils.atomic import atomic_write_bytes
-from .utils.images import make_grid, save_png
+from .utils.images import make_grid, save_png, to_pil
 
 __all__ = ["train", "run_dir"]
 
@@ -87,7 +87,7 @@ def _tokenizer_folder(path: str) -> Path:
 
 
 def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
-    from .convert.diffusers_format import _save_module, vqvae_config_to_diffusers
+    from .convert.diffusers_format import save_module, vqvae_config_to_diffusers
 
     hp = cfg.tokenizer_training
     module = TokenizerModule(
@@ -106,23 +106,21 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         from .utils.atomic import atomic_directory
 
         with atomic_directory(folder) as staging:
-            _save_module(vqvae, {**vqvae_config_to_diffusers(vqvae.config), "ema_decay": vqvae.config.ema_decay},
+            save_module(vqvae, {**vqvae_config_to_diffusers(vqvae.config), "ema_decay": vqvae.config.ema_decay},
                          staging)
             example = getattr(module, "example", None)
             if example is not None:
-                from .pipeline import VQDiffusionPipeline
-
-                grid = VQDiffusionPipeline._to_pil((example.float() / 2 + 0.5).clamp(0, 1))
+                grid = to_pil((example.float() / 2 + 0.5).clamp(0, 1))
                 save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
             _write_json(staging / "metrics.json", {"val_psnr_db": psnr, "codes_used": usage})
     return {"val_psnr_db": psnr, "codes_used": usage}
 
 
 def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Path) -> dict:
-    from .convert.diffusers_format import _read_json, _weights
+    from .convert.diffusers_format import load_weights, read_json
 
     hp = cfg.diffusion_training
-    tokenizer_config = vqvae_config_from_diffusers(_read_json(tokenizer_folder / "config.json")).to_dict()
+    tokenizer_config = vqvae_config_from_diffusers(read_json(tokenizer_folder / "config.json")).to_dict()
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     module = DiffusionModule(
         transformer=OmegaConf.to_container(cfg.model, resolve=True), tokenizer=tokenizer_config,
@@ -132,7 +130,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         lr_schedule=hp.lr_schedule, max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
         seed=cfg.seed,
     )
-    module.tokenizer.load_state_dict(_weights(tokenizer_folder), strict=False)
+    module.tokenizer.load_state_dict(load_weights(tokenizer_folder), strict=False)
     sampler = cfg.sampler
     val = cfg.validation
     grids = SampleGrid(out / "samples", val.prompts, val.num_images, val.guidance_scale, val.truncation_rate,

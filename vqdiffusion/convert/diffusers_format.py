@@ -60,12 +60,12 @@ def resolve_folder(path_or_repo_id: str | os.PathLike) -> Path:
         ) from error
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     for name in WEIGHT_FILES:
         if (folder / name).exists():
             if name.endswith(".safetensors"):
@@ -182,14 +182,14 @@ def load_pipeline_components(path_or_repo_id: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{root} is missing component folder(s) {missing}; a VQ-Diffusion folder "
                                 f"holds {list(REQUIRED) + ['text_encoder', 'tokenizer', NULL_EMBEDDING_FOLDER]}")
 
-    vq_config = vqvae_config_from_diffusers(_read_json(root / "vqvae" / "config.json"))
-    vqvae = load_checked(VQVAE(vq_config), _weights(root / "vqvae"), "vqvae")
+    vq_config = vqvae_config_from_diffusers(read_json(root / "vqvae" / "config.json"))
+    vqvae = load_checked(VQVAE(vq_config), load_weights(root / "vqvae"), "vqvae")
 
-    tf_config = transformer_config_from_folder(_read_json(root / "transformer" / "config.json"))
-    transformer = load_checked(VQDiffusionTransformer(tf_config), _weights(root / "transformer"), "transformer")
+    tf_config = transformer_config_from_folder(read_json(root / "transformer" / "config.json"))
+    transformer = load_checked(VQDiffusionTransformer(tf_config), load_weights(root / "transformer"), "transformer")
 
     num_codes, schedule_config = schedule_config_from_diffusers(
-        _read_json(root / "scheduler" / "scheduler_config.json"))
+        read_json(root / "scheduler" / "scheduler_config.json"))
     schedule = NoiseSchedule(num_codes, schedule_config)
 
     text_encoder = null_embedding = None
@@ -205,14 +205,14 @@ def load_pipeline_components(path_or_repo_id: str | os.PathLike) -> dict:
 
 
 def _load_null_embedding(folder: Path) -> LearnedNullEmbedding:
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if not config.get("learnable", False):
         return LearnedNullEmbedding(learnable=False)
     module = LearnedNullEmbedding(config["length"], config["hidden_size"])
-    return load_checked(module, _weights(folder), NULL_EMBEDDING_FOLDER)
+    return load_checked(module, load_weights(folder), NULL_EMBEDDING_FOLDER)
 
 
-def _save_module(module: torch.nn.Module, config: dict, folder: Path, config_name: str = "config.json") -> None:
+def save_module(module: torch.nn.Module, config: dict, folder: Path, config_name: str = "config.json") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / config_name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
@@ -226,8 +226,8 @@ def save_pipeline(pipe, directory: str | os.PathLike) -> None:
     from ..utils.atomic import atomic_directory
 
     with atomic_directory(directory) as root:
-        _save_module(pipe.vqvae, vqvae_config_to_diffusers(pipe.vqvae.config), root / "vqvae")
-        _save_module(pipe.transformer, transformer_config_to_folder(pipe.transformer.config), root / "transformer")
+        save_module(pipe.vqvae, vqvae_config_to_diffusers(pipe.vqvae.config), root / "vqvae")
+        save_module(pipe.transformer, transformer_config_to_folder(pipe.transformer.config), root / "transformer")
         schedule = pipe.schedule.config
         scheduler = {
             "_class_name": "VQDiffusionScheduler", "_diffusers_version": DIFFUSERS_VERSION,
@@ -252,7 +252,7 @@ def save_pipeline(pipe, directory: str | os.PathLike) -> None:
             index["tokenizer"] = ["transformers", type(pipe.text_encoder.tokenizer).__name__]
             null = pipe.null_embedding or LearnedNullEmbedding(learnable=False)
             shape = null.embeddings.shape if null.learnable else (None, None)
-            _save_module(null, {
+            save_module(null, {
                 "_class_name": "LearnedClassifierFreeSamplingEmbeddings", "_diffusers_version": DIFFUSERS_VERSION,
                 "learnable": null.learnable, "length": shape[0], "hidden_size": shape[1],
             }, root / NULL_EMBEDDING_FOLDER)

@@ -6,11 +6,18 @@ import io
 import math
 import os
 
+import torch
 from PIL import Image
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["make_grid", "save_png"]
+__all__ = ["make_grid", "save_png", "to_pil"]
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> PIL images (rounded like diffusers' ``numpy_to_pil``)."""
+    array = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray((image * 255).round().astype("uint8")) for image in array]
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None, padding: int = 2,
