@@ -57,3 +57,17 @@ def test_dataset_is_deterministic_and_normalised():
 def test_bad_caption_is_named():
     with pytest.raises(ValueError, match="not a shapes caption: 'a pink circle'"):
         parse_caption("a pink circle")
+
+
+def test_analyzer_ignores_specks_and_fills_holes():
+    image = np.asarray(render(Scene((ShapeObject("green", "square", (0.5, 0.5), 0.5),)), 32)).copy()
+    image[14:17, 14:17] = 0  # a 3x3 hole in the square
+    image[2:4, 2:5] = COLOURS["red"]  # a 6-pixel red speck
+    assert [(o.colour, o.shape) for o in describe(image)] == [("green", "square")]
+    image[0:5, 0:5] = COLOURS["red"]  # 25 pixels (2.4% of the image): an object, not a speck
+    assert score_image(image, "a green square") == {"objects": False, "relation": False}
+
+
+def test_single_size_is_validated():
+    with pytest.raises(ValueError, match=r"single_size must satisfy 0.1 <= low <= high <= 0.8, got \(0.9, 0.95\)"):
+        ShapesDataset(32, single_size=(0.9, 0.95))
