@@ -83,3 +83,15 @@ def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
 def test_stage_diffusion_without_tokenizer_says_what_to_pass(tmp_path):
     with pytest.raises(ValueError, match="stage=diffusion needs tokenizer_checkpoint="):
         train(compose_train([*TINY, "stage=diffusion", f"+output_dir={tmp_path}"]))
+
+
+def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path):
+    base = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.checkpoint_every_n_steps=3",
+            "diffusion_training.val_every_n_steps=1000"]
+    train(compose_train([*base, f"+output_dir={tmp_path / 'first'}", "stop_after_steps=3"]))
+    metrics = train(compose_train([*base, f"+output_dir={tmp_path / 'second'}", "ckpt_path=last"]))
+    assert "tokenizer" not in metrics  # reused from the first run, not retrained
+    assert not (tmp_path / "second" / "tokenizer").exists()
+    assert metrics["diffusion"]["steps"] == 6
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
+        train(compose_train([*base, f"+output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))

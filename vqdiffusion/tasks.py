@@ -62,7 +62,12 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
 
     tokenizer_folder = out / "tokenizer"
-    if cfg.stage in ("tokenizer", "all"):
+    resume = _resume_path(cfg, out)
+    resumed_tokenizer = Path(resume).parent.parent / "tokenizer" if resume else None
+    if cfg.stage == "all" and resumed_tokenizer is not None and (resumed_tokenizer / "config.json").exists():
+        log.info("resuming: reusing the tokenizer of %s", resumed_tokenizer.parent)
+        tokenizer_folder = resumed_tokenizer
+    elif cfg.stage in ("tokenizer", "all"):
         metrics["tokenizer"] = train_tokenizer(cfg, datamodule, out)
     elif cfg.get("tokenizer_checkpoint"):
         tokenizer_folder = _tokenizer_folder(cfg.tokenizer_checkpoint)
@@ -70,7 +75,7 @@ def train(cfg: DictConfig) -> dict:
         raise ValueError("stage=diffusion needs tokenizer_checkpoint=<tokenizer folder, run folder, "
                          "pipeline folder or diffusers VQModel hub id>")
     if cfg.stage in ("diffusion", "all"):
-        metrics["diffusion"] = train_diffusion(cfg, datamodule, out, tokenizer_folder)
+        metrics["diffusion"] = train_diffusion(cfg, datamodule, out, tokenizer_folder, resume)
     metrics["wall_seconds"] = time.perf_counter() - start
     _write_json(out / "metrics.json", metrics)
     log.info("run folder: %s", out)
@@ -116,7 +121,7 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     return {"val_psnr_db": psnr, "codes_used": usage}
 
 
-def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Path) -> dict:
+def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Path, resume: str | None) -> dict:
     from .convert.diffusers_format import load_weights, read_json
 
     hp = cfg.diffusion_training
@@ -141,7 +146,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
     if cfg.get("stop_after_steps"):
         callbacks.append(StopAfterSteps(cfg.stop_after_steps))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, callbacks)
-    trainer.fit(module, datamodule, ckpt_path=_resume_path(cfg, out))
+    trainer.fit(module, datamodule, ckpt_path=resume)
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:
         module.pipeline().save_pretrained(out / "pipeline")
