@@ -94,14 +94,14 @@ def _tokenizer_folder(path: str) -> Path:
 def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     from .convert.diffusers_format import save_module, vqvae_config_to_diffusers
 
-    hp = cfg.tokenizer_training
-    module = TokenizerModule(
-        vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, l2_weight=hp.l2_weight,
-        perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every)
     folder = out / "tokenizer"
     if (folder / "config.json").exists():
         log.info("tokenizer already trained in %s: skipping (delete it to retrain)", folder)
         return json.loads((folder / "metrics.json").read_text())
+    hp = cfg.tokenizer_training
+    module = TokenizerModule(
+        vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, l2_weight=hp.l2_weight,
+        perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every)
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
     trainer.fit(module, datamodule)
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
