@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -13,9 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
+from .convert.state_dict import load_checked
 from .lit.callbacks import SampleGrid, StopAfterSteps, sample_for_validation
 from .lit.diffusion_module import DiffusionModule
 from .lit.tokenizer_module import TokenizerModule
+from .models.vqvae import VQVAE
 from .utils.atomic import atomic_write_bytes
 from .utils.images import make_grid, save_png, to_pil
 
@@ -107,18 +110,25 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
     if trainer.is_global_zero:
-        vqvae = module.vqvae.eval()
         from .utils.atomic import atomic_directory
 
         with atomic_directory(folder) as staging:
-            save_module(vqvae, {**vqvae_config_to_diffusers(vqvae.config), "ema_decay": vqvae.config.ema_decay},
-                         staging)
+            frozen = _frozen_tokenizer(module.vqvae)
+            save_module(frozen, vqvae_config_to_diffusers(frozen.config), staging)
             example = getattr(module, "example", None)
             if example is not None:
                 grid = to_pil((example.float() / 2 + 0.5).clamp(0, 1))
                 save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
             _write_json(staging / "metrics.json", {"val_psnr_db": psnr, "codes_used": usage})
     return {"val_psnr_db": psnr, "codes_used": usage}
+
+
+def _frozen_tokenizer(vqvae: VQVAE) -> VQVAE:
+    """The inference part of a trained tokenizer: a plain VQModel without EMA codebook statistics,
+    so the exported folder loads strictly here and in diffusers."""
+    frozen = VQVAE(dataclasses.replace(vqvae.config, ema_decay=None))
+    state = {k: v for k, v in vqvae.state_dict().items() if not k.startswith("quantize.ema_")}
+    return load_checked(frozen, state, "tokenizer").eval()
 
 
 def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Path, resume: str | None) -> dict:
@@ -135,7 +145,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         lr_schedule=hp.lr_schedule, max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
         seed=cfg.seed,
     )
-    module.tokenizer.load_state_dict(load_weights(tokenizer_folder), strict=False)
+    load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
     sampler = cfg.sampler
     val = cfg.validation
     grids = SampleGrid(out / "samples", val.prompts, val.num_images, val.guidance_scale, val.truncation_rate,
