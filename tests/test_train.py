@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_data import (
+    make_caption_folder,
+    make_class_folders,
+    make_coco,
+    make_cub,
+    make_fashion_mnist,
+    make_image_folder,
+)
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -23,7 +31,41 @@ TINY = [
     "model.num_layers=1", "model.num_heads=2", "model.head_dim=8",
     "tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "logger=csv",
     "trainer=cpu", "data.num_workers=0", "tokenizer.latent_channels=8", "tokenizer.vq_embed_dim=8",
+    "tokenizer=tiny", "model=tiny", "callbacks=none",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory):
+    """A random CLIP text model + tokenizer saved like a hub folder (the paper presets' encoder)."""
+    from vqdiffusion.tiny import tiny_clip
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    model, tokenizer = tiny_clip()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _shards(root: Path) -> Path:
+    from vqdiffusion.data.folders import CaptionFolder
+    from vqdiffusion.data.shards import write_shards
+
+    write_shards(CaptionFolder(str(make_caption_folder(root / "src")), size=32), root / "shards",
+                 samples_per_shard=4, progress=False)
+    return root / "shards"
+
+
+# Per experiment: fake data in the official layout, and the overrides that point at it.
+EXPERIMENT_DATA = {
+    "coco": lambda p: [f"data.train.root={make_coco(p / 'coco')}", "data.train.size=32"],
+    "cub200": lambda p: [f"data.train.root={make_cub(p / 'cub')}", "data.train.size=32"],
+    "imagenet": lambda p: [f"data.train.root={make_class_folders(p / 'in' / 'train')}",
+                           f"data.val.root={make_class_folders(p / 'in' / 'val')}", "data.train.size=32"],
+    "ffhq": lambda p: [f"data.train.root={make_image_folder(p / 'ffhq')}", "data.train.size=32"],
+    "ithq": lambda p: [f"data.train.urls={_shards(p)}", "data.train.size=32", "data.train.shuffle_buffer=4"],
+    "fashion_mnist": lambda p: [f"data.train.root={make_fashion_mnist(p / 'fm')}"],
+}
 
 
 def compose_train(overrides: list[str]):
@@ -42,13 +84,31 @@ def read_losses(run: Path) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_trains_both_stages(experiment, tmp_path):
-    cfg = compose_train([f"experiment={experiment}", f"+output_dir={tmp_path}", *TINY])
+def test_every_experiment_composes_and_trains_both_stages(experiment, tmp_path, tiny_clip_folder):
+    overrides = [f"experiment={experiment}", *TINY, *EXPERIMENT_DATA.get(experiment, lambda p: [])(tmp_path / "data")]
+    if compose_train(overrides).condition.get("encoder") == "openai/clip-vit-base-patch32":
+        overrides.append(f"condition.encoder={tiny_clip_folder}")  # offline: a tiny local CLIP
+    tmp_path = tmp_path / "run"
+    cfg = compose_train([*overrides, f"+output_dir={tmp_path}"])
     metrics = train(cfg)
     assert metrics["diffusion"]["steps"] == 2
     assert (tmp_path / "pipeline" / "model_index.json").exists()
     assert (tmp_path / "final_grid.png").exists() and (tmp_path / "config.yaml").exists()
     assert OmegaConf.load(tmp_path / "config.yaml").name == cfg.name
+
+
+def test_coco_without_data_stops_with_the_layout_and_the_fix(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "train.py", "experiment=coco", f"data.train.root={tmp_path / 'coco'}", "logger=csv",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=CONFIGS.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr
+    assert str(tmp_path / "coco") in message and "annotations/captions_train2014.json" in message
+    assert "python scripts/prepare_data.py coco" in message and "Traceback" not in message
 
 
 def test_unknown_preset_fails_at_composition_with_the_options():

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
 from .convert.state_dict import load_checked
-from .lit.callbacks import SampleGrid, StopAfterSteps, sample_for_validation
+from .data.robust import DatasetNotFoundError
+from .lit.callbacks import BadSampleReport, SampleGrid, StopAfterSteps, grid_columns, sample_for_validation
 from .lit.diffusion_module import DiffusionModule
 from .lit.tokenizer_module import TokenizerModule
 from .models.vqvae import VQVAE
@@ -47,9 +48,17 @@ def _trainer(cfg: DictConfig, out: Path, max_steps: int, val_every: int, callbac
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
     return pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True), max_steps=max_steps, logger=logger,
-        callbacks=callbacks, val_check_interval=min(val_every, max_steps), check_val_every_n_epoch=None,
+        callbacks=[*callbacks, *_configured_callbacks(cfg, logger), BadSampleReport()],
+        val_check_interval=min(val_every, max_steps),
+        check_val_every_n_epoch=None,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=cfg.get("limit_val_batches", 1.0),
     )
+
+
+def _configured_callbacks(cfg: DictConfig, logger) -> list[pl.Callback]:
+    """The ``callbacks`` config group, instantiated (LR monitors need a logger, so none without)."""
+    built = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values()]
+    return [c for c in built if logger or not isinstance(c, pl.callbacks.LearningRateMonitor)]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -60,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     metrics: dict = {"name": cfg.name, "stage": cfg.stage}
     start = time.perf_counter()
 
@@ -85,6 +94,20 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def build_datamodule(cfg: DictConfig):
+    """``cfg.data`` instantiated; a missing dataset raises its own DatasetNotFoundError (Hydra
+    would bury the layout and the preparation command inside an InstantiationException)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg.data)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, DatasetNotFoundError):
+            raise cause from None
+        raise
+
+
 def _tokenizer_folder(path: str) -> Path:
     """A VQModel folder (config.json + weights) from a run folder, pipeline folder or hub id."""
     root = resolve_folder(path)
@@ -104,7 +127,8 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     hp = cfg.tokenizer_training
     module = TokenizerModule(
         vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, l2_weight=hp.l2_weight,
-        perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every)
+        perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every,
+        disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
     trainer.fit(module, datamodule)
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
@@ -137,12 +161,18 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
     hp = cfg.diffusion_training
     tokenizer_config = vqvae_config_from_diffusers(read_json(tokenizer_folder / "config.json")).to_dict()
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    condition = OmegaConf.to_container(cfg.condition, resolve=True)
+    if condition.get("kind") == "class" and condition.get("num_classes") is None:
+        condition["num_classes"] = _dataset_classes(datamodule.train_set)
+    # The transformer's initialisation must not depend on what ran before it (a tokenizer stage).
+    pl.seed_everything(cfg.seed + 1, workers=True)
     module = DiffusionModule(
         transformer=OmegaConf.to_container(cfg.model, resolve=True), tokenizer=tokenizer_config,
-        condition=OmegaConf.to_container(cfg.condition, resolve=True), schedule=schedule,
+        condition=condition, schedule=schedule,
         loss=OmegaConf.to_container(cfg.loss, resolve=True), caption_dropout=hp.caption_dropout, lr=hp.lr,
         betas=tuple(hp.betas), weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
-        lr_schedule=hp.lr_schedule, max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
+        lr_schedule=hp.lr_schedule, plateau_patience=hp.get("plateau_patience", 5000),
+        max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
         seed=cfg.seed,
     )
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
@@ -162,6 +192,13 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         module.pipeline().save_pretrained(out / "pipeline")
         result.update(final_evaluation(cfg, module, datamodule, out))
     return result
+
+
+def _dataset_classes(dataset) -> int:
+    if not hasattr(dataset, "num_classes"):
+        raise ValueError(f"condition=class needs condition.num_classes: {type(dataset).__name__} does not say how "
+                         "many classes it has")
+    return int(dataset.num_classes)
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
@@ -188,7 +225,7 @@ def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
         guidance_scale=cfg.validation.guidance_scale, truncation_rate=cfg.validation.truncation_rate,
         sampler=sampler.name, num_inference_steps=sampler.num_inference_steps,
         sampler_options=OmegaConf.to_container(sampler.options))
-    save_png(make_grid(images, columns=8, scale=2), out / "final_grid.png")
+    save_png(make_grid(images, columns=grid_columns(module), scale=2), out / "final_grid.png")
     result = {"final_grid": str(out / "final_grid.png"), "final_images": len(images)}
     if prompts is not None and hasattr(dataset, "score"):
         hits = [bool(dataset.score(image, prompt)) for image, prompt in zip(images, prompts)]

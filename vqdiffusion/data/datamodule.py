@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 __all__ = ["DataModule", "StepSampler"]
 
@@ -44,8 +44,10 @@ class StepSampler(Sampler[int]):
 class DataModule(pl.LightningDataModule):
     """Wraps already-built datasets (Hydra instantiates them from ``configs/data/*``).
 
-    Batches are dicts: ``image`` (B, 3, H, W) in [-1, 1], and ``caption`` (list of str) and/or
-    ``label`` (B,) depending on the dataset. Training order is resumable (see StepSampler).
+    Batches are dicts: ``image`` (B, 3, H, W) in [-1, 1], ``caption`` (list of str) and/or
+    ``label`` (B,) depending on the dataset, and for file datasets ``skipped`` (list of str: the
+    bad samples replaced in this batch). Training order of map-style datasets is resumable (see
+    StepSampler).
     """
 
     def __init__(self, train: Dataset, val: Dataset | None = None, batch_size: int = 64, num_workers: int = 0,
@@ -58,6 +60,10 @@ class DataModule(pl.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
 
     def train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_set, IterableDataset):
+            # Streams (webdataset) order themselves per rank and worker; they resume approximately.
+            return DataLoader(self.train_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                              drop_last=True, persistent_workers=self.num_workers > 0)
         trainer = self.trainer
         step = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0

@@ -1,7 +1,9 @@
-"""Callbacks: sample grids (and faithfulness scores) through the user-facing pipeline."""
+"""Callbacks: sample grids (and faithfulness scores) through the user-facing pipeline, the bad
+sample report, and stopping a job early for a later resume."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -9,7 +11,9 @@ import torch
 
 from ..utils.images import make_grid, save_png
 
-__all__ = ["SampleGrid"]
+__all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "grid_columns", "sample_for_validation"]
+
+log = logging.getLogger(__name__)
 
 
 class SampleGrid(pl.Callback):
@@ -31,7 +35,8 @@ class SampleGrid(pl.Callback):
         dataset = trainer.datamodule.train_set
         images, prompts = sample_for_validation(module, dataset, self.prompts, self.num_images, self.seed,
                                                 **self.kwargs)
-        save_png(make_grid(images, columns=8, scale=2), self.folder / f"step_{trainer.global_step:07d}.png")
+        grid = make_grid(images, columns=grid_columns(module), scale=2)
+        save_png(grid, self.folder / f"step_{trainer.global_step:07d}.png")
         if prompts is not None and hasattr(dataset, "score"):
             score = sum(dataset.score(img, p) for img, p in zip(images, prompts)) / len(images)
             module.log("val/faithfulness", score, rank_zero_only=True)
@@ -48,9 +53,10 @@ def sample_for_validation(module, dataset, prompts, num_images: int, seed: int, 
     try:
         if module.kind == "text":
             if prompts is None or isinstance(prompts, str):
-                if not hasattr(dataset, "validation_prompts"):
-                    raise ValueError("set validation.prompts to a list: the dataset has no validation_prompts()")
-                prompts = dataset.validation_prompts(num_images, *([prompts] if prompts else []))
+                if hasattr(dataset, "validation_prompts"):
+                    prompts = dataset.validation_prompts(num_images, *([prompts] if prompts else []))
+                else:
+                    prompts = dataset_captions(dataset, num_images)
             prompts = [prompts[i % len(prompts)] for i in range(num_images)]  # cycled when short
             images = pipe(prompts, generator=generator, **kwargs).images
         elif module.kind == "class":
@@ -63,6 +69,60 @@ def sample_for_validation(module, dataset, prompts, num_images: int, seed: int, 
     finally:
         module.train(was_training)
     return images, prompts
+
+
+def grid_columns(module) -> int:
+    """One column per class for class-conditional models with few classes (labels cycle), else 8."""
+    if module.kind == "class" and module.transformer.config.num_classes <= 16:
+        return module.transformer.config.num_classes
+    return 8
+
+
+def dataset_captions(dataset, count: int) -> list[str]:
+    """The first ``count`` distinct non-empty captions of a dataset (its order is fixed, so the
+    validation prompts stay the same through a run)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        samples = iter(dataset)
+    else:
+        samples = (dataset[i] for i in range(len(dataset)))
+    captions: list[str] = []
+    for sample in samples:
+        if sample.get("caption") and sample["caption"] not in captions:
+            captions.append(sample["caption"])
+        if len(captions) == count:
+            break
+    if not captions:
+        raise ValueError("set validation.prompts to a list: the dataset has neither validation_prompts() nor captions")
+    return captions
+
+
+class BadSampleReport(pl.Callback):
+    """Counts the unreadable samples the datasets skipped (``batch["skipped"]``) and reports them
+    at the end of every epoch and of training; ``data/skipped`` is logged as a running total."""
+
+    def __init__(self, show: int = 10) -> None:
+        self.show, self.total, self.recent = show, 0, []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int) -> None:
+        bad = [s for s in batch.get("skipped", []) if s] if isinstance(batch, dict) else []
+        if bad:
+            self.total += len(bad)
+            self.recent.extend(bad)
+            module.log("data/skipped", float(self.total), logger=True, prog_bar=False)
+
+    def _report(self, where: str) -> None:
+        if self.recent:
+            listed = "\n  ".join(self.recent[:self.show])
+            more = f"\n  ... and {len(self.recent) - self.show} more" if len(self.recent) > self.show else ""
+            log.warning("%s: skipped %d unreadable sample(s) (%d in this run):\n  %s%s", where, len(self.recent),
+                        self.total, listed, more)
+            self.recent = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module) -> None:
+        self._report(f"epoch {trainer.current_epoch}")
+
+    def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        self._report("end of training")
 
 
 class StopAfterSteps(pl.Callback):

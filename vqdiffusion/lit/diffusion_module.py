@@ -8,7 +8,6 @@ validation samples through the same ``VQDiffusionPipeline`` users call, with the
 from __future__ import annotations
 
 import copy
-import math
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +18,7 @@ from ..models.conditioning import CachedTextEncoder, LearnedNullEmbedding
 from ..models.transformer import TransformerConfig, VQDiffusionTransformer
 from ..models.vqvae import VQVAE, VQVAEConfig
 from ..pipeline import VQDiffusionPipeline
+from .schedules import LR_SCHEDULES, lr_scheduler_config
 
 __all__ = ["DiffusionModule"]
 
@@ -56,14 +56,15 @@ class DiffusionModule(pl.LightningModule):
         warmup_steps: int = 1000,
         lr_schedule: str = "cosine",
         max_steps: int = 100_000,
+        plateau_patience: int = 5000,
         ema_decay: float = 0.99,
         ema_every: int = 25,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if not 0 <= caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
         self.tokenizer = VQVAE(VQVAEConfig(**tokenizer)).eval().requires_grad_(False)
@@ -171,16 +172,9 @@ class DiffusionModule(pl.LightningModule):
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr, betas=tuple(hp.betas),
         )
-
-        def factor(step: int) -> float:
-            warm = min(1.0, (step + 1) / max(1, hp.warmup_steps))
-            if hp.lr_schedule == "constant" or step < hp.warmup_steps:
-                return warm
-            progress = min(1.0, (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps,
+                                        hp.plateau_patience)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -8,17 +8,25 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from ..models.vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["TokenizerModule"]
 
 
 class TokenizerModule(pl.LightningModule):
-    """Reconstruction (L1 + L2) + codebook/commitment loss, with dead-code restarts.
+    """Reconstruction (L1 + L2) + codebook/commitment loss, with dead-code restarts, and the
+    optional VQGAN patch discriminator (hinge loss, adaptive weight, off before ``disc_start``).
 
     Logs reconstruction PSNR, the share of codes used and the code perplexity. A perceptual
     (LPIPS) loss needs VGG weights, which this module does not download: asking for one without
     them fails with a message instead of silently training without it.
+
+    The discriminator shares the optimiser with the autoencoder as a second parameter group
+    (Adam is per parameter, so this equals two optimisers): one optimiser step per batch keeps
+    ``global_step``, ``max_steps`` and gradient clipping meaning the same with or without it.
+    The generator term sees the discriminator frozen; the discriminator term sees the
+    reconstructions detached, so neither loss leaks into the other's parameters.
     """
 
     def __init__(
@@ -30,6 +38,10 @@ class TokenizerModule(pl.LightningModule):
         perceptual_weight: float = 0.0,
         restart_dead_codes_every: int = 200,
         dead_code_threshold: float = 1.0,
+        disc_weight: float = 0.0,
+        disc_start: int = 0,
+        disc_lr: float | None = None,
+        disc_layers: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -38,8 +50,12 @@ class TokenizerModule(pl.LightningModule):
                 "perceptual_weight > 0 needs LPIPS/VGG weights, which are not available offline here; "
                 "set tokenizer_training.perceptual_weight=0"
             )
+        if disc_weight < 0 or disc_start < 0:
+            raise ValueError(f"disc_weight and disc_start must be >= 0, got {disc_weight} and {disc_start}")
         self.vqvae = VQVAE(VQVAEConfig(**vqvae))
         self.register_buffer("code_usage", torch.zeros(self.vqvae.num_codes))
+        self.discriminator = (PatchDiscriminator(self.vqvae.config.out_channels, num_layers=disc_layers)
+                              if disc_weight > 0 else None)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images = batch["image"]
@@ -47,6 +63,8 @@ class TokenizerModule(pl.LightningModule):
         l1 = (recon - images).abs().mean()
         l2 = F.mse_loss(recon, images)
         loss = l1 + self.hparams.l2_weight * l2 + quant_loss
+        if self.discriminator is not None:
+            loss = loss + self._adversarial_terms(images, recon, l1 + self.hparams.l2_weight * l2)
         usage = torch.bincount(codes.flatten(), minlength=self.vqvae.num_codes).float()
         self.code_usage.mul_(0.99).add_(usage)
         probs = usage / usage.sum()
@@ -60,6 +78,23 @@ class TokenizerModule(pl.LightningModule):
         if every and (self.global_step + 1) % every == 0:
             self._restart_dead_codes(images)
         return loss
+
+    def _adversarial_terms(self, images: torch.Tensor, recon: torch.Tensor, rec_loss: torch.Tensor) -> torch.Tensor:
+        """Generator hinge term (adaptively weighted) + discriminator hinge loss, 0 before disc_start."""
+        hp = self.hparams
+        active = float(self.global_step >= hp.disc_start)
+        self.discriminator.requires_grad_(False)
+        generator_loss = -self.discriminator(recon).mean()
+        self.discriminator.requires_grad_(True)
+        if active and self.training:
+            weight = adaptive_weight(rec_loss, generator_loss, self.vqvae.decoder.conv_out.weight) * hp.disc_weight
+        else:
+            weight = torch.zeros((), device=recon.device)
+        disc_loss = hinge_discriminator_loss(self.discriminator(images), self.discriminator(recon.detach()))
+        self.log_dict({"tokenizer/generator_loss": generator_loss, "tokenizer/disc_loss": disc_loss,
+                       "tokenizer/adaptive_weight": weight})
+        # Before disc_start both terms still enter (times 0), so DDP sees every parameter used.
+        return weight * generator_loss + active * disc_loss
 
     @torch.no_grad()
     def _restart_dead_codes(self, images: torch.Tensor) -> None:
@@ -87,8 +122,11 @@ class TokenizerModule(pl.LightningModule):
             self.example = torch.cat([images[:8], recon[:8].clamp(-1, 1)])
 
     def configure_optimizers(self):
-        params = [p for p in self.vqvae.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        groups = [{"params": [p for p in self.vqvae.parameters() if p.requires_grad]}]
+        if self.discriminator is not None:
+            groups.append({"params": list(self.discriminator.parameters()),
+                           "lr": self.hparams.disc_lr or self.hparams.lr})
+        return torch.optim.Adam(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
 
 
 def _psnr(mse: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""The tokenizer stage's patch discriminator, the published tokenizer/transformer presets, and
+the diffusion stage's LR schedules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from vqdiffusion.lit.schedules import WarmupPlateau, lr_scheduler_config
+from vqdiffusion.lit.tokenizer_module import TokenizerModule
+from vqdiffusion.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
+from vqdiffusion.models.transformer import TransformerConfig, VQDiffusionTransformer
+from vqdiffusion.models.vqvae import VQVAE, VQVAEConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY_VQ = dict(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+               block_out_channels=[8, 8], layers_per_block=1, latent_channels=8, sample_size=32,
+               num_vq_embeddings=16, norm_num_groups=4, vq_embed_dim=8, mid_block_add_attention=False)
+
+
+def test_patch_discriminator_judges_patches():
+    logits = PatchDiscriminator(3, channels=8, num_layers=3)(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 1, 6, 6)  # 64 / 2^3 - 2
+
+
+def test_hinge_loss_values():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # relu(1 - real) = [0, 0.5] -> 0.25; relu(1 + fake) = [0, 1] -> 0.5; halves: 0.375
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(0.375)
+
+
+def test_adaptive_weight_is_the_gradient_norm_ratio():
+    w = torch.randn(4, requires_grad=True)
+    rec, gen = (3 * w).sum(), (0.5 * w).sum()  # gradients 3 and 0.5 per element
+    assert adaptive_weight(rec, gen, w).item() == pytest.approx(6.0, rel=1e-3)
+
+
+def _batch_step(module: TokenizerModule, step: int) -> torch.Tensor:
+    module._trainer = None
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    module.log_dict = lambda *a, **k: None
+    module.log = lambda *a, **k: None
+    type(module).global_step = property(lambda self: step)
+    try:
+        return module.training_step({"image": images}, 0)
+    finally:
+        del type(module).global_step
+
+
+def test_discriminator_trains_only_on_its_own_loss_after_disc_start():
+    torch.manual_seed(0)
+    module = TokenizerModule(TINY_VQ, disc_weight=0.8, disc_start=10, restart_dead_codes_every=0)
+    optimizer = module.configure_optimizers()
+    assert len(optimizer.param_groups) == 2  # autoencoder + discriminator, one optimiser step per batch
+
+    # Before disc_start: the discriminator receives exactly zero gradient, but is in the graph (DDP).
+    loss = _batch_step(module, step=0)
+    loss.backward()
+    disc_grads = [p.grad for p in module.discriminator.parameters()]
+    assert all(g is not None and g.abs().max() == 0 for g in disc_grads)
+
+    # After: the discriminator learns (what it learns from is the next test).
+    module.zero_grad()
+    torch.manual_seed(1)
+    loss = _batch_step(module, step=10)
+    loss.backward()
+    after = {n: p.grad.clone() for n, p in module.discriminator.named_parameters()}
+    assert any(g.abs().max() > 0 for g in after.values())
+
+
+def test_discriminator_gradient_is_the_hinge_loss_gradient_only():
+    torch.manual_seed(0)
+    module = TokenizerModule(TINY_VQ, disc_weight=0.8, disc_start=0, restart_dead_codes_every=0)
+    module.train()
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    module.log_dict = lambda *a, **k: None
+    recon, _, _ = module.vqvae(images)
+    rec_loss = (recon - images).abs().mean()
+    state = {k: v.clone() for k, v in module.discriminator.state_dict().items()}
+    total = module._adversarial_terms(images, recon, rec_loss)
+    disc_params = list(module.discriminator.parameters())
+    got = torch.autograd.grad(total, disc_params, retain_graph=True)
+    module.discriminator.load_state_dict(state)  # undo BatchNorm running-stat updates
+    expected_loss = hinge_discriminator_loss(module.discriminator(images), module.discriminator(recon.detach()))
+    expected = torch.autograd.grad(expected_loss, disc_params)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "factor", "codes"), [
+    ("vqgan_f8_8192", 8, 8192), ("vqvae_f8_ema_4096", 8, 4096), ("vqgan_f16_16384", 16, 16384)])
+def test_published_tokenizer_presets_have_the_published_grid(name, factor, codes):
+    cfg = OmegaConf.to_container(OmegaConf.merge({"data": {"train": {"size": 256}}},
+                                                 {"t": OmegaConf.load(CONFIGS / "tokenizer" / f"{name}.yaml")}),
+                                 resolve=True)["t"]
+    vqvae = VQVAE(VQVAEConfig(**cfg))
+    with torch.no_grad():
+        codes_out = vqvae.encode(torch.zeros(1, 3, 64, 64))
+    assert codes_out.shape[-1] * codes_out.shape[-2] == (64 // factor) ** 2
+    assert vqvae.num_codes == codes
+
+
+@pytest.mark.parametrize(("name", "layers", "width", "millions"), [
+    ("coco", 19, 1024, None), ("ithq", 36, 1408, 1360), ("imagenet", 24, 512, None), ("ffhq", 20, 512, None)])
+def test_published_transformer_presets(name, layers, width, millions):
+    cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / f"{name}.yaml"))
+    assert cfg["num_layers"] == layers and cfg["num_heads"] * cfg["head_dim"] == width
+    if millions:  # ITHQ: the released model has 1.36 B parameters (counted on the meta device)
+        config = TransformerConfig(num_embeds=4096, height=32, width=32, context_dim=512, **cfg)
+        with torch.device("meta"):
+            model = VQDiffusionTransformer(config)
+        assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) / millions < 0.02
+
+
+def test_plateau_schedule_warms_up_then_halves_when_the_loss_stalls():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW(params, lr=1.0)
+    scheduler = lr_scheduler_config(optimizer, "plateau", warmup_steps=4, max_steps=100, plateau_patience=3)
+    assert scheduler["monitor"] == "train/loss"
+    plateau = scheduler["scheduler"]
+    assert isinstance(plateau, WarmupPlateau)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(4):  # warm-up: 0.25, 0.5, 0.75 -> 1.0
+        plateau.step(10.0)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0]
+    for _ in range(5):  # a flat loss: after patience 3 (+1) steps the LR halves
+        plateau.step(10.0)
+    assert optimizer.param_groups[0]["lr"] == 0.5
+    restored = WarmupPlateau(torch.optim.AdamW(params, lr=1.0), warmup_steps=4, patience=3)
+    restored.load_state_dict(plateau.state_dict())
+    assert restored.calls == plateau.calls and restored.num_bad_epochs == plateau.num_bad_epochs
+
+
+def test_unknown_lr_schedule_names_the_options():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('cosine', 'constant', 'plateau'\)"):
+        lr_scheduler_config(optimizer, "step", 1, 10)
