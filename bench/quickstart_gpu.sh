@@ -11,7 +11,7 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name --format=csv,noheader
 run=outputs/quickstart_gpu_bench
 start=$(date +%s)
-timeout "${LIMIT:-540}" python3 train.py experiment=quickstart_gpu condition.encoder=$PWD/.cache/minilm-fp16 \
+timeout "${LIMIT:-540}" python3 train.py experiment=quickstart_gpu condition.encoder=$PWD/.cache/minilm-fp16 logger=csv \
   limit_val_batches=2 hydra.run.dir=$run "$@" 2>&1 | grep -v -i -E "warn|tip:" | grep -E "INFO|Error|error|Traceback" | tail -15
 echo "wall seconds: $(( $(date +%s) - start ))"
 cat $run/metrics.json

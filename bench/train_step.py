@@ -70,25 +70,49 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=30, help="steps excluded (compile, text cache filling)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     args = parser.parse_args()
 
     module = DiffusionModule({"num_layers": 8, "num_heads": 8, "head_dim": 48}, {**SMALL_F4, "sample_size": args.size},
                              {"kind": "text", "encoder": args.encoder, "max_length": 16}, {"preset": "released"},
-                             loss={"auxiliary_weight": 1.0, "time_sampling": "uniform"}).cuda()
+                             loss={"auxiliary_weight": 1.0, "time_sampling": "uniform"},
+                             compile=args.compile).cuda()
     module.log = module.log_dict = lambda *a, **k: None
     optimizer = module.configure_optimizers()["optimizer"]
     dataset = ShapesDataset(args.size, length=1_000_000, two_object_share=0.8)
     loader = iter(DataLoader(dataset, batch_size=args.batch, sampler=StepSampler(len(dataset)),
                              num_workers=args.workers, drop_last=True))
     parts: dict[str, list[float]] = {}
-    for step in range(args.reps + 5):
+    for step in range(args.reps + args.warmup):
         times = one_step(module, loader, optimizer, step)
-        if step >= 5:  # warm-up excluded
+        if step >= args.warmup:
             for key, value in times.items():
                 parts.setdefault(key, []).append(value)
-    print(f"{torch.cuda.get_device_name()}, batch {args.batch}, {args.size}px, workers {args.workers}")
+    # Whole steps with no synchronisation between parts (what training sees), CUDA events.
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for step in range(args.reps):
+        batch = next(loader)
+        batch["image"] = batch["image"].cuda(non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            x0, conds = module.codes(batch), module.conditions(batch, 0.1)
+            loss = module.loss(lambda x, t, c=conds: module.transformer(x, model_timestep(t), **c), x0)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        module.on_train_batch_end(None, batch, step)
+    end.record()
+    torch.cuda.synchronize()
+    overlapped = start.elapsed_time(end) / args.reps
+    params = sum(p.numel() for p in module.transformer.parameters())
+    tokens = args.batch * (args.size // 4) ** 2
+    print(f"{torch.cuda.get_device_name()}, batch {args.batch}, {args.size}px, workers {args.workers}, "
+          f"compile {args.compile}, torch {torch.__version__}")
     for key, values in parts.items():
         print(f"{key:>14}: {statistics.median(values):8.2f} ms")
+    print(f"{'overlapped':>14}: {overlapped:8.2f} ms/step, {args.batch / overlapped * 1e3:8.0f} samples/s, "
+          f"~{6 * params * tokens / overlapped / 1e9:.0f} TFLOP/s (6 x {params / 1e6:.1f} M params x {tokens} tokens)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class DiffusionModule(pl.LightningModule):
         ema_decay, ema_every: EMA of the transformer (and null embedding) weights, updated every
             ``ema_every`` optimiser steps; validation and export use it.
         seed: with the step number, seeds each step's draws (t, x_t, caption dropout).
+        compile: ``torch.compile`` the training transformer (GPU runs; first steps pay the compile).
         lr: peak learning rate, per batch as configured (independent of the GPU count: the
             global batch grows with the GPU count and the LR does not, unless you scale it).
     """
@@ -60,6 +61,7 @@ class DiffusionModule(pl.LightningModule):
         ema_decay: float = 0.99,
         ema_every: int = 25,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -94,6 +96,10 @@ class DiffusionModule(pl.LightningModule):
         self.schedule = NoiseSchedule(self.tokenizer.num_codes, schedule_config)
         self.loss = DiffusionLoss(self.schedule, LossConfig(**(loss or {})))
         self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
+        if compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay as they are. The
+            # EMA copy, used for sampling, stays eager.
+            self.transformer.compile()
         if kind == "text":
             self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
 
@@ -157,9 +163,9 @@ class DiffusionModule(pl.LightningModule):
             if self.kind == "text":
                 pairs.append((self.ema_null_embedding, self.null_embedding))
             with torch.no_grad():
-                for ema, live in pairs:
-                    for e, p in zip(ema.parameters(), live.parameters()):
-                        e.lerp_(p.detach(), 1 - decay)
+                for ema, live in pairs:  # one multi-tensor kernel per module, not one per parameter
+                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()],
+                                         1 - decay)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -170,7 +176,7 @@ class DiffusionModule(pl.LightningModule):
                 (no_decay if param.dim() < 2 or "emb" in name else decay).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas),
+            lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda",
         )
         scheduler = lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps,
                                         hp.plateau_patience)
