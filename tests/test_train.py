@@ -31,7 +31,7 @@ TINY = [
     "model.num_layers=1", "model.num_heads=2", "model.head_dim=8",
     "tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "logger=csv",
     "trainer=cpu", "data.num_workers=0", "tokenizer.latent_channels=8", "tokenizer.vq_embed_dim=8",
-    "tokenizer=tiny", "model=tiny", "callbacks=none",
+    "tokenizer=tiny", "model=tiny", "callbacks=none", "diffusion_training.compile=false",
 ]
 
 
