@@ -176,7 +176,7 @@ class DiffusionModule(pl.LightningModule):
                 (no_decay if param.dim() < 2 or "emb" in name else decay).append(param)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda",
+            lr=hp.lr, betas=tuple(hp.betas),
         )
         scheduler = lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps,
                                         hp.plateau_patience)
