@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
 from .convert.state_dict import load_checked
 from .data.robust import DatasetNotFoundError
-from .lit.callbacks import BadSampleReport, SampleGrid, StopAfterSteps, grid_columns, sample_for_validation
+from .lit.callbacks import BadSampleReport, SampleGrid, StopAfterSteps, Throughput, grid_columns, sample_for_validation
 from .lit.diffusion_module import DiffusionModule
 from .lit.tokenizer_module import TokenizerModule
 from .models.vqvae import VQVAE
@@ -182,7 +182,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
                        sampler.name, sampler.num_inference_steps, OmegaConf.to_container(sampler.options))
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                every_n_train_steps=hp.checkpoint_every_n_steps, save_top_k=-1)
-    callbacks = [grids, checkpoints]
+    callbacks = [grids, checkpoints, Throughput(out / "throughput.json")]
     if cfg.get("stop_after_steps"):
         callbacks.append(StopAfterSteps(cfg.stop_after_steps))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, callbacks)

@@ -11,7 +11,7 @@ import torch
 
 from ..utils.images import make_grid, save_png
 
-__all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "grid_columns", "sample_for_validation"]
+__all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns", "sample_for_validation"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,43 @@ class BadSampleReport(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         self._report("end of training")
+
+
+class Throughput(pl.Callback):
+    """Training speed: median wall time per optimiser step after ``warmup`` steps, and samples/s
+    over all ranks (global batch / step time); logged as ``perf/*`` and written to ``path``."""
+
+    def __init__(self, path: str | Path | None = None, warmup: int = 50) -> None:
+        self.path, self.warmup, self.stamps = Path(path) if path else None, warmup, []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int) -> None:
+        import time
+
+        self.stamps.append(time.perf_counter())
+        if isinstance(batch, dict) and "image" in batch:
+            self.batch_size = len(batch["image"])
+
+    def summary(self, world_size: int) -> dict | None:
+        import statistics
+
+        steps = [b - a for a, b in zip(self.stamps[self.warmup:], self.stamps[self.warmup + 1:])]
+        if len(steps) < 5:
+            return None
+        seconds = statistics.median(steps)
+        return {"step_seconds": seconds, "samples_per_second": getattr(self, "batch_size", 0) * world_size / seconds,
+                "world_size": world_size, "steps_timed": len(steps),
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+    def on_train_end(self, trainer: pl.Trainer, module) -> None:
+        result = self.summary(trainer.world_size)
+        if result and trainer.is_global_zero and self.path is not None:
+            import json
+
+            from ..utils.atomic import atomic_write_bytes
+
+            atomic_write_bytes(self.path, (json.dumps(result, indent=2) + "\n").encode())
+            log.info("throughput: %.1f samples/s (%.1f ms/step, %d rank(s))", result["samples_per_second"],
+                     1e3 * result["step_seconds"], result["world_size"])
 
 
 class StopAfterSteps(pl.Callback):
