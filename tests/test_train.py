@@ -111,6 +111,37 @@ def test_coco_without_data_stops_with_the_layout_and_the_fix(tmp_path):
     assert "python scripts/prepare_data.py coco" in message and "Traceback" not in message
 
 
+def test_ddp_on_two_cpu_processes_trains_both_stages(tmp_path):
+    """trainer=ddp on 2 gloo processes: rank 1 waits for rank 0's tokenizer export (it used to
+    read the folder before it existed), and rank 0 writes the run's files."""
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("trainer=")]
+    result = subprocess.run(
+        [sys.executable, "train.py", "experiment=quickstart", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.precision=32-true", "diffusion_training.max_steps=8",
+         "diffusion_training.val_every_n_steps=8", f"hydra.run.dir={run}"],
+        cwd=CONFIGS.parent, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["diffusion"]["steps"] == 8 and "faithfulness" in metrics["diffusion"]
+    assert (run / "pipeline" / "model_index.json").exists()
+
+
+def test_step_sampler_ranks_read_disjoint_data_that_resumes():
+    from vqdiffusion.data.datamodule import StepSampler
+
+    ranks = [list(StepSampler(100, seed=3, rank=r, num_replicas=2)) for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == list(range(100))
+    single = list(StepSampler(100, seed=3))
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]  # one stream, dealt to the ranks
+    resumed = StepSampler(100, seed=3, start=20, rank=1, num_replicas=2)
+    assert list(resumed)[:10] == [single[2 * p + 1] for p in range(20, 30)]
+
+
 def test_unknown_preset_fails_at_composition_with_the_options():
     with pytest.raises(Exception, match=r"(?s)Could not find 'schedule/maskonly'.*mask_only"):
         compose_train(["schedule=maskonly"])

@@ -38,6 +38,13 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _is_global_zero() -> bool:
+    """Rank 0 of a DDP job (Lightning re-launches this script once per rank), or a single process."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def _write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, default=float) + "\n").encode())
 
@@ -68,7 +75,8 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    if _is_global_zero():  # under DDP every rank runs this function; one writes the run's files
+        atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     datamodule = build_datamodule(cfg)
     metrics: dict = {"name": cfg.name, "stage": cfg.stage}
     start = time.perf_counter()
@@ -89,7 +97,8 @@ def train(cfg: DictConfig) -> dict:
     if cfg.stage in ("diffusion", "all"):
         metrics["diffusion"] = train_diffusion(cfg, datamodule, out, tokenizer_folder, resume)
     metrics["wall_seconds"] = time.perf_counter() - start
-    _write_json(out / "metrics.json", metrics)
+    if _is_global_zero():
+        _write_json(out / "metrics.json", metrics)
     log.info("run folder: %s", out)
     return metrics
 
@@ -144,6 +153,8 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
                 grid = to_pil((example.float() / 2 + 0.5).clamp(0, 1))
                 save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
             _write_json(staging / "metrics.json", {"val_psnr_db": psnr, "codes_used": usage})
+    # The other ranks go on to the diffusion stage, which reads this folder: wait until it is written.
+    trainer.strategy.barrier("tokenizer_export")
     return {"val_psnr_db": psnr, "codes_used": usage}
 
 
