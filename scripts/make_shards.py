@@ -1,10 +1,13 @@
 """Convert any dataset config of this project into webdataset shards.
 
     python scripts/make_shards.py data=coco out=data/shards/coco [split=val] [size=256] [per_shard=1000]
+    python scripts/make_shards.py data=coco out=data/shards/coco_tokens tokenizer=<run or VQModel folder>
 
 Images are written as resized/cropped JPEG (``size``), with the caption (.txt) and the label
 (.cls); complete shards are kept, so an interrupted conversion resumes. Train on the result with
-``data=webdataset data.train.urls=data/shards/coco``.
+``data=webdataset data.train.urls=data/shards/coco``. With ``tokenizer=`` each sample also
+carries its codes (``tokens.npy``), and the diffusion stage reads them instead of running the
+tokenizer (``keep_images=false`` leaves the pixels out).
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ def main(cfg: DictConfig) -> None:
     except Exception as error:  # noqa: BLE001 - unwrap Hydra's wrapper for the helpful message
         cause = error.__cause__ if isinstance(error.__cause__, DatasetNotFoundError) else error
         raise SystemExit(f"error: {cause}") from None
-    shards = write_shards(dataset, out, samples_per_shard=cfg.get("per_shard", 1000), limit=cfg.get("limit"))
+    tokenizer = None
+    if cfg.get("tokenizer"):
+        import torch
+
+        from vqdiffusion.tasks import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
+    shards = write_shards(dataset, out, samples_per_shard=cfg.get("per_shard", 1000), limit=cfg.get("limit"),
+                          tokenizer=tokenizer, keep_images=cfg.get("keep_images", True))
     print(f"{len(shards)} shards, {min(len(dataset), cfg.get('limit') or len(dataset))} samples in {out}")
 
 

@@ -212,3 +212,23 @@ def test_write_shards_resumes_and_leaves_no_partial_files(tmp_path):
     assert not list((tmp_path / "shards").glob("*.partial"))
     with tarfile.open(first[0]) as tar:
         assert sorted(tar.getnames()) == ["000000000.jpg", "000000000.txt", "000000001.jpg", "000000001.txt"]
+
+
+def test_pre_tokenised_shards_carry_the_tokenizer_codes(tmp_path):
+    from vqdiffusion.models.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(0)
+    config = VQVAEConfig(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(8, 8), layers_per_block=1, latent_channels=8, sample_size=16,
+                         num_vq_embeddings=300, norm_num_groups=4, vq_embed_dim=8, mid_block_add_attention=False)
+    tokenizer = VQVAE(config).eval()
+    source = ImageFolder(str(make_image_folder(tmp_path / "img")), size=16)
+    write_shards(source, tmp_path / "shards", samples_per_shard=2, progress=False, tokenizer=tokenizer,
+                 keep_images=False)
+    samples = list(ShardDataset(str(tmp_path / "shards"), size=16, resampled=False, shuffle_buffer=0))
+    assert len(samples) == 5 and all("image" not in s for s in samples)
+    with torch.no_grad():
+        expected = tokenizer.encode(torch.stack([source[i]["image"] for i in range(5)]))
+    got = torch.stack([s["tokens"] for s in samples])
+    assert got.shape == expected.shape == (5, 8, 8) and torch.equal(got, expected.long())
+    assert got.max() > 255  # stored as int16, not uint8

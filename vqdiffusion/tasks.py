@@ -117,6 +117,15 @@ def build_datamodule(cfg: DictConfig):
         raise
 
 
+def load_tokenizer(path: str) -> VQVAE:
+    """A frozen VQVAE from a run folder, tokenizer/VQModel folder or hub id (strict load)."""
+    from .convert.diffusers_format import load_weights, read_json
+
+    folder = _tokenizer_folder(path)
+    vqvae = VQVAE(vqvae_config_from_diffusers(read_json(folder / "config.json")))
+    return load_checked(vqvae, load_weights(folder), "tokenizer").eval().requires_grad_(False)
+
+
 def _tokenizer_folder(path: str) -> Path:
     """A VQModel folder (config.json + weights) from a run folder, pipeline folder or hub id."""
     root = resolve_folder(path)

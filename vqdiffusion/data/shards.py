@@ -1,7 +1,9 @@
 """webdataset shards: streamed, split across ranks and workers, and written by scripts/make_shards.py.
 
 A sample in a shard is ``<key>.jpg|png|webp`` plus any of ``<key>.txt`` (caption),
-``<key>.json`` (``{"caption": ..., "label": ...}``) and ``<key>.cls`` (integer label).
+``<key>.json`` (``{"caption": ..., "label": ...}``), ``<key>.cls`` (integer label) and
+``<key>.tokens.npy`` (the frozen tokenizer's codes, (h, w) int16: pre-tokenised shards let the
+diffusion stage skip the tokenizer; the image may then be left out).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
@@ -94,8 +97,8 @@ class ShardDataset(IterableDataset):
 
     def decode(self, raw: dict) -> dict:
         image_key = next((k for k in IMAGE_KEYS if k in raw), None)
-        if image_key is None:
-            raise ValueError(f"no image ({'/'.join(IMAGE_KEYS)}) in sample {raw.get('__key__')!r}")
+        if image_key is None and "tokens.npy" not in raw:
+            raise ValueError(f"no image ({'/'.join(IMAGE_KEYS)}) or tokens.npy in sample {raw.get('__key__')!r}")
         caption, label = "", -1
         if "json" in raw:
             meta = json.loads(raw["json"])
@@ -104,7 +107,12 @@ class ShardDataset(IterableDataset):
             caption = raw["txt"].decode("utf-8").strip()
         if "cls" in raw:
             label = int(raw["cls"].decode().strip())
-        return {"image": self.transform(open_rgb(raw[image_key])), "caption": caption, "label": label}
+        sample = {"caption": caption, "label": label}
+        if image_key is not None:
+            sample["image"] = self.transform(open_rgb(raw[image_key]))
+        if "tokens.npy" in raw:
+            sample["tokens"] = torch.from_numpy(np.load(io.BytesIO(raw["tokens.npy"])).astype(np.int64))
+        return sample
 
     def __iter__(self) -> Iterator[dict]:
         for raw in self._pipeline():
@@ -141,9 +149,12 @@ def is_truncated_tar(url: str) -> bool:
 
 
 def write_shards(dataset, out: str | Path, samples_per_shard: int = 1000, limit: int | None = None,
-                 image_format: str = "jpg", progress: bool = True) -> list[Path]:
+                 image_format: str = "jpg", progress: bool = True, tokenizer=None,
+                 keep_images: bool = True) -> list[Path]:
     """Writes ``dataset`` (map-style, samples as dicts) into ``out/shard-%06d.tar``.
 
+    With a ``tokenizer`` (a VQVAE), each sample also gets its codes (``tokens.npy``), encoded
+    from the exact pixels of the sample; ``keep_images=False`` then leaves the images out.
     Each shard is written under a temporary name and renamed when complete, and existing
     complete shards are kept: an interrupted conversion resumes where it stopped.
     """
@@ -164,10 +175,18 @@ def write_shards(dataset, out: str | Path, samples_per_shard: int = 1000, limit:
             bar.update(stop - start)
             continue
         partial = final.with_suffix(".tar.partial")
+        samples = [dataset[index] for index in range(start, stop)]
+        tokens = _tokenize([s["image"] for s in samples], tokenizer) if tokenizer is not None else None
         with tarfile.open(partial, "w") as tar:
-            for index in range(start, stop):
-                sample = dataset[index]
-                for name, payload in _encode(sample, image_format).items():
+            for offset, (index, sample) in enumerate(zip(range(start, stop), samples)):
+                files = _encode(sample, image_format)
+                if tokens is not None:
+                    buffer = io.BytesIO()
+                    np.save(buffer, tokens[offset])
+                    files["tokens.npy"] = buffer.getvalue()
+                    if not keep_images:
+                        del files[image_format]
+                for name, payload in files.items():
                     info = tarfile.TarInfo(f"{index:09d}.{name}")
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -175,6 +194,15 @@ def write_shards(dataset, out: str | Path, samples_per_shard: int = 1000, limit:
         partial.replace(final)
     bar.close()
     return shards
+
+
+@torch.no_grad()
+def _tokenize(images: list[torch.Tensor], tokenizer, chunk: int = 64) -> np.ndarray:
+    """(n, h, w) int16 codes of the images, encoded in chunks on the tokenizer's device."""
+    device = next(tokenizer.parameters()).device
+    codes = [tokenizer.encode(torch.stack(images[i:i + chunk]).to(device)).cpu()
+             for i in range(0, len(images), chunk)]
+    return torch.cat(codes).numpy().astype(np.int16)
 
 
 def _encode(sample: dict, image_format: str) -> dict[str, bytes]:

@@ -58,6 +58,9 @@ class TokenizerModule(pl.LightningModule):
                               if disc_weight > 0 else None)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "image" not in batch:
+            raise ValueError("the tokenizer stage needs images, but these batches hold only tokens "
+                             "(shards made with keep_images=false): train it on an image dataset")
         images = batch["image"]
         recon, quant_loss, codes = self.vqvae(images)
         l1 = (recon - images).abs().mean()
