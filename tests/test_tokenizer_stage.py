@@ -139,3 +139,14 @@ def test_unknown_lr_schedule_names_the_options():
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     with pytest.raises(ValueError, match=r"lr_schedule must be one of \('cosine', 'constant', 'plateau'\)"):
         lr_scheduler_config(optimizer, "step", 1, 10)
+
+
+def test_perceptual_loss_without_local_weights_fails_with_the_fix():
+    with pytest.raises(ValueError, match=r"perceptual_weight > 0 needs LPIPS/VGG weights.*perceptual_weight=0"):
+        TokenizerModule(TINY_VQ, perceptual_weight=1.0)
+
+
+def test_tokenizer_stage_on_token_only_batches_says_what_is_wrong():
+    module = TokenizerModule(TINY_VQ)
+    with pytest.raises(ValueError, match="needs images, but these batches hold only tokens"):
+        module.training_step({"tokens": torch.zeros(2, 8, 8, dtype=torch.long)}, 0)
