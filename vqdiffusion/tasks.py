@@ -148,7 +148,12 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every,
         disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
-    trainer.fit(module, datamodule)
+    shared_batch = datamodule.batch_size
+    datamodule.batch_size = hp.get("batch_size") or shared_batch  # the stage may use its own batch
+    try:
+        trainer.fit(module, datamodule)
+    finally:
+        datamodule.batch_size = shared_batch
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
     if trainer.is_global_zero:

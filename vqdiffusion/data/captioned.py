@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from .folders import read_captions
 from .robust import DatasetNotFoundError, RobustDataset, require_path
 from .transforms import ImageTransform, open_rgb
 
@@ -28,7 +29,19 @@ CUB_PREPARE = ("python scripts/prepare_data.py cub200 --root data/cub200   "
                "(CUB_200_2011.tgz from data.caltech.edu + the Reed et al. captions, birds.zip)")
 
 
-class CocoCaptions(RobustDataset):
+class _ItemList(RobustDataset):
+    """A dataset over ``self.items``: tuples whose first entry is the image path."""
+
+    items: list[tuple]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def describe(self, index: int) -> str:
+        return str(self.items[index][0])
+
+
+class CocoCaptions(_ItemList):
     """MS-COCO images with their ~5 captions each; one caption is drawn per visit."""
 
     def __init__(self, root: str, split: str = "train2014", size: int = 256, crop: str = "center",
@@ -53,12 +66,6 @@ class CocoCaptions(RobustDataset):
             raise DatasetNotFoundError("coco", annotation_file, COCO_LAYOUT, COCO_PREPARE)
         self.transform = ImageTransform(size, crop, flip)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def describe(self, index: int) -> str:
-        return str(self.items[index][0])
-
     def load(self, index: int) -> dict:
         path, captions = self.items[index]
         return {"image": self.transform(open_rgb(path)), "caption": random.choice(captions), "label": -1}
@@ -80,7 +87,7 @@ def _read_split(folder: Path) -> list[str] | None:
     return None
 
 
-class CUB200(RobustDataset):
+class CUB200(_ItemList):
     """Caltech-UCSD Birds with Reed et al.'s 10 captions per image; label = species (0..199)."""
 
     def __init__(self, root: str, split: str = "train", size: int = 256, crop: str = "center",
@@ -98,15 +105,7 @@ class CUB200(RobustDataset):
             raise DatasetNotFoundError("cub200", self.root, CUB_LAYOUT, CUB_PREPARE)
         self.transform = ImageTransform(size, crop, flip)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def describe(self, index: int) -> str:
-        return str(self.items[index][0])
-
     def load(self, index: int) -> dict:
-        from .folders import read_captions
-
         image, text, label = self.items[index]
         caption = random.choice(read_captions(text))
         return {"image": self.transform(open_rgb(image)), "caption": caption, "label": label}
