@@ -71,3 +71,26 @@ def test_analyzer_ignores_specks_and_fills_holes():
 def test_single_size_is_validated():
     with pytest.raises(ValueError, match=r"single_size must satisfy 0.1 <= low <= high <= 0.8, got \(0.9, 0.95\)"):
         ShapesDataset(32, single_size=(0.9, 0.95))
+
+
+def test_all_captions_cover_every_drawn_caption_and_prefill_the_text_cache():
+    from vqdiffusion.models.conditioning import CachedTextEncoder
+
+    dataset = ShapesDataset(32, length=3000, two_object_share=0.5)
+    vocabulary = dataset.all_captions()
+    assert len(vocabulary) == len(set(vocabulary)) == 18 + 18 * 17 * 4
+    assert {dataset.scene(i).caption for i in range(3000)} <= set(vocabulary)
+    assert len(ShapesDataset(32, two_object_share=0.0).all_captions()) == 18
+
+    class CountingEncoder:
+        calls = 0
+
+        def __call__(self, prompts):
+            CountingEncoder.calls += 1
+            return torch.zeros(len(prompts), 4, 2)
+
+    cache = CachedTextEncoder(CountingEncoder())
+    cache.prefill(vocabulary, batch_size=500)
+    assert CountingEncoder.calls == 3  # 1242 captions in batches of 500
+    cache([dataset.scene(i).caption for i in range(64)])
+    assert CountingEncoder.calls == 3  # every training caption is already cached

@@ -234,6 +234,15 @@ class ShapesDataset(Dataset):
     def scene(self, index: int) -> Scene:
         return random_scene(np.random.default_rng([self.seed, index]), self.two_object_share, self.single_size)
 
+    def all_captions(self) -> list[str]:
+        """Every caption this dataset can draw (18 single objects, and with two objects every
+        ordered pair of distinct objects in every relation): lets a text cache fill up front."""
+        names = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+        captions = [f"a {n}" for n in names]
+        if self.two_object_share > 0:
+            captions += [f"a {a} {r} a {b}" for a in names for b in names if a != b for r in RELATIONS]
+        return captions
+
     def validation_prompts(self, count: int, kind: str = "mixed") -> list[str]:
         """``count`` fixed prompts: ``"single_objects"`` (the 18 captions, cycled), ``"two_objects"``
         (seeded compositions) or ``"mixed"`` (every single caption first, then compositions)."""

@@ -103,6 +103,13 @@ class DiffusionModule(pl.LightningModule):
         if kind == "text":
             self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
 
+    def on_fit_start(self) -> None:
+        dataset = getattr(self.trainer.datamodule, "train_set", None) if self.trainer is not None else None
+        if self.kind == "text" and hasattr(dataset, "all_captions"):
+            self.text_encoder.encoder.to(self.device)
+            with torch.no_grad():
+                self.text_encoder.prefill(dataset.all_captions())
+
     # ------------------------------------------------------------------ conditions
     def conditions(
         self, batch: dict, dropout: float, generator: torch.Generator | None = None

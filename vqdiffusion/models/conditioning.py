@@ -136,6 +136,12 @@ class CachedTextEncoder:
     def max_length(self) -> int:
         return self.encoder.max_length
 
+    def prefill(self, prompts: list[str], batch_size: int = 256) -> None:
+        """Encode a known caption vocabulary up front (a closed-vocabulary dataset such as
+        shapes), so training steps never wait for the encoder."""
+        for start in range(0, min(len(prompts), self.max_entries), batch_size):
+            self(prompts[start:start + batch_size])
+
     def __call__(self, prompts: list[str], device: torch.device | None = None) -> torch.Tensor:
         """(B, L, C) embeddings on ``device`` (the encoder's own device by default)."""
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
