@@ -13,7 +13,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .robust import DatasetNotFoundError, RobustDataset
@@ -63,10 +62,6 @@ class _ArrayDigits(RobustDataset):
         label = int(self.labels[index])
         image = Image.fromarray(self.images[index], mode="L").convert("RGB")
         return {"image": self.transform(image), "caption": self.class_names[label], "label": label}
-
-    def class_grid_labels(self, per_class: int) -> torch.Tensor:
-        """Labels 0..C-1, each repeated ``per_class`` times (a grid with one row per class)."""
-        return torch.arange(self.num_classes).repeat_interleave(per_class)
 
 
 class FashionMNIST(_ArrayDigits):

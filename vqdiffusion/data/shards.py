@@ -27,6 +27,7 @@ __all__ = ["ShardDataset", "expand_shards", "write_shards"]
 
 log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TOKENIZE_CHUNK = 64  # samples decoded (and encoded by the tokenizer) at a time when writing shards
 SHARD_LAYOUT = "root/\n  shard-000000.tar  shard-000001.tar ...   (each: <key>.jpg + <key>.txt|json|cls)"
 
 
@@ -175,34 +176,36 @@ def write_shards(dataset, out: str | Path, samples_per_shard: int = 1000, limit:
             bar.update(stop - start)
             continue
         partial = final.with_suffix(".tar.partial")
-        samples = [dataset[index] for index in range(start, stop)]
-        tokens = _tokenize([s["image"] for s in samples], tokenizer) if tokenizer is not None else None
         with tarfile.open(partial, "w") as tar:
-            for offset, (index, sample) in enumerate(zip(range(start, stop), samples)):
-                files = _encode(sample, image_format)
-                if tokens is not None:
-                    buffer = io.BytesIO()
-                    np.save(buffer, tokens[offset])
-                    files["tokens.npy"] = buffer.getvalue()
-                    if not keep_images:
-                        del files[image_format]
-                for name, payload in files.items():
-                    info = tarfile.TarInfo(f"{index:09d}.{name}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-                bar.update(1)
+            # Chunks of TOKENIZE_CHUNK samples: batched encoding without holding a whole shard of
+            # decoded float images in memory.
+            for chunk_start in range(start, stop, TOKENIZE_CHUNK):
+                indices = range(chunk_start, min(chunk_start + TOKENIZE_CHUNK, stop))
+                samples = [dataset[index] for index in indices]
+                tokens = _tokenize([s["image"] for s in samples], tokenizer) if tokenizer is not None else None
+                for offset, (index, sample) in enumerate(zip(indices, samples)):
+                    files = _encode(sample, image_format)
+                    if tokens is not None:
+                        buffer = io.BytesIO()
+                        np.save(buffer, tokens[offset])
+                        files["tokens.npy"] = buffer.getvalue()
+                        if not keep_images:
+                            del files[image_format]
+                    for name, payload in files.items():
+                        info = tarfile.TarInfo(f"{index:09d}.{name}")
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+                    bar.update(1)
         partial.replace(final)
     bar.close()
     return shards
 
 
 @torch.no_grad()
-def _tokenize(images: list[torch.Tensor], tokenizer, chunk: int = 64) -> np.ndarray:
-    """(n, h, w) int16 codes of the images, encoded in chunks on the tokenizer's device."""
+def _tokenize(images: list[torch.Tensor], tokenizer) -> np.ndarray:
+    """(n, h, w) int16 codes of the images, encoded as one batch on the tokenizer's device."""
     device = next(tokenizer.parameters()).device
-    codes = [tokenizer.encode(torch.stack(images[i:i + chunk]).to(device)).cpu()
-             for i in range(0, len(images), chunk)]
-    return torch.cat(codes).numpy().astype(np.int16)
+    return tokenizer.encode(torch.stack(images).to(device)).cpu().numpy().astype(np.int16)
 
 
 def _encode(sample: dict, image_format: str) -> dict[str, bytes]:

@@ -3,12 +3,16 @@ sample report, and stopping a job early for a later resume."""
 
 from __future__ import annotations
 
+import json
 import logging
+import statistics
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+from ..utils.atomic import atomic_write_bytes
 from ..utils.images import make_grid, save_png
 
 __all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns", "sample_for_validation"]
@@ -127,21 +131,17 @@ class BadSampleReport(pl.Callback):
 
 class Throughput(pl.Callback):
     """Training speed: median wall time per optimiser step after ``warmup`` steps, and samples/s
-    over all ranks (global batch / step time); logged as ``perf/*`` and written to ``path``."""
+    over all ranks (global batch / step time), written to ``path`` and logged at the end."""
 
     def __init__(self, path: str | Path | None = None, warmup: int = 50) -> None:
         self.path, self.warmup, self.stamps = Path(path) if path else None, warmup, []
 
     def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int) -> None:
-        import time
-
         self.stamps.append(time.perf_counter())
         if isinstance(batch, dict) and "image" in batch:
             self.batch_size = len(batch["image"])
 
     def summary(self, world_size: int) -> dict | None:
-        import statistics
-
         steps = [b - a for a, b in zip(self.stamps[self.warmup:], self.stamps[self.warmup + 1:])]
         if len(steps) < 5:
             return None
@@ -153,10 +153,6 @@ class Throughput(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         result = self.summary(trainer.world_size)
         if result and trainer.is_global_zero and self.path is not None:
-            import json
-
-            from ..utils.atomic import atomic_write_bytes
-
             atomic_write_bytes(self.path, (json.dumps(result, indent=2) + "\n").encode())
             log.info("throughput: %.1f samples/s (%.1f ms/step, %d rank(s))", result["samples_per_second"],
                      1e3 * result["step_seconds"], result["world_size"])

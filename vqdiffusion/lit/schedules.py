@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,23 +36,21 @@ class WarmupPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
         self.peak_lrs = [group["lr"] for group in optimizer.param_groups]
         super().__init__(optimizer, mode="min", factor=factor, patience=patience, threshold=threshold,
                          min_lr=min_lr)
-        self._set_warmup_lr()
+        if warmup_steps > 0:
+            self._warm_up()
 
-    def _set_warmup_lr(self) -> None:
-        if self.calls < self.warmup_steps:
-            for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
-                group["lr"] = peak * (self.calls + 1) / self.warmup_steps
+    def _warm_up(self) -> None:
+        """LR of the next step: (calls + 1) / warmup_steps of the peak, the peak from then on."""
+        share = min(self.calls + 1, self.warmup_steps) / self.warmup_steps
+        for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
+            group["lr"] = peak * share
 
     def step(self, metrics, epoch=None) -> None:  # noqa: D102 - one call per optimiser step
         self.calls += 1
         if self.calls <= self.warmup_steps:
-            if self.calls == self.warmup_steps:
-                for group, peak in zip(self.optimizer.param_groups, self.peak_lrs):
-                    group["lr"] = peak
-            else:
-                self._set_warmup_lr()
-            return
-        super().step(metrics)
+            self._warm_up()
+        else:
+            super().step(metrics)
 
 
 def lr_scheduler_config(optimizer, schedule: str, warmup_steps: int, max_steps: int,
@@ -62,5 +61,6 @@ def lr_scheduler_config(optimizer, schedule: str, warmup_steps: int, max_steps: 
     if schedule == "plateau":
         scheduler = WarmupPlateau(optimizer, warmup_steps, plateau_patience)
         return {"scheduler": scheduler, "interval": "step", "monitor": "train/loss", "strict": True}
-    lam = lambda step: warmup_cosine_factor(step, warmup_steps, max_steps, schedule == "cosine")  # noqa: E731
-    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lam), "interval": "step"}
+    factor = functools.partial(warmup_cosine_factor, warmup_steps=warmup_steps, max_steps=max_steps,
+                               cosine=schedule == "cosine")
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
