@@ -123,3 +123,14 @@ def test_vqvae_decode_rejects_bad_indices():
     model = VQVAE(TINY_VQVAE)
     with pytest.raises(ValueError, match=r"code indices must be in \[0, 14\], got \[0, 15\]"):
         model.decode(torch.tensor([[[0, 15]]]))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mlp_ratio": 2}, {"num_classes": 3, "context_dim": None}])
+def test_transformer_folder_config_round_trips(overrides):
+    """What diffusers' class cannot express (an MLP ratio other than 4, classes) is saved as ours."""
+    from vqdiffusion.convert.diffusers_format import transformer_config_from_folder, transformer_config_to_folder
+
+    config = tiny_transformer(**overrides).config
+    saved = transformer_config_to_folder(config)
+    assert saved["_class_name"] == ("Transformer2DModel" if not overrides else "VQDiffusionTransformer")
+    assert transformer_config_from_folder(saved) == config

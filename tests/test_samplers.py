@@ -136,3 +136,28 @@ def test_make_sampler_errors_name_the_options():
         make_sampler("fastest")
     with pytest.raises(ValueError, match="purity_weight must be > 0"):
         PuritySampler(0)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "purity"])
+def test_one_generator_per_image_gives_the_same_image_in_any_batch(sampler):
+    """Image i's draws come from generator i alone: a batch of three equals three single calls."""
+    from vqdiffusion.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("text", sampler=sampler)
+    pipe.progress = False
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    kwargs = dict(num_inference_steps=5, guidance_scale=2.0, truncation_rate=0.9, output_type="tokens")
+    together = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9)], **kwargs).images
+    alone = [pipe([p], generator=[torch.Generator().manual_seed(s)], **kwargs).images[0]
+             for p, s in zip(prompts, (7, 8, 9))]
+    assert torch.equal(together, torch.stack(alone))
+    assert not torch.equal(together[0], together[2])  # same prompt, other seed: another image
+
+
+def test_generator_list_must_match_the_batch():
+    from vqdiffusion.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("text")
+    pipe.progress = False
+    with pytest.raises(ValueError, match="got 1 generators for a batch of 2"):
+        pipe(["a", "b"], num_inference_steps=2, generator=[torch.Generator()])

@@ -159,7 +159,7 @@ class VQDiffusionPipeline:
         guidance_scale: float = 5.0,
         truncation_rate: float = 1.0,
         num_images_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -183,7 +183,9 @@ class VQDiffusionPipeline:
                 ``"diffusers"`` sampler, which reproduces diffusers' truncated chain).
             guidance_scale: classifier-free guidance weight; guidance is used when > 1.
             truncation_rate: keep the top classes of p(x0) up to this mass, in (0, 1].
-            generator: a ``torch.Generator`` for reproducible draws.
+            generator: a ``torch.Generator`` for reproducible draws, or a list with one per image
+                (image i's draws then come from generator i alone: the same image whatever the
+                batch it is drawn in).
             latents: (B, N) starting tokens in ``0..K`` (K = [MASK]); the prior otherwise.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"tokens"``.
             callback: ``callback(step, timestep, tokens)`` every ``callback_steps`` calls, with

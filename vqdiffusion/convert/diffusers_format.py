@@ -87,8 +87,9 @@ def transformer_config_from_folder(config: dict) -> TransformerConfig:
 
 def transformer_config_to_folder(config: TransformerConfig) -> dict:
     """diffusers' Transformer2DModel config where it can express the model, ours otherwise
-    (class-conditional or non-square models, which diffusers' class cannot hold)."""
-    if config.height == config.width and config.num_classes is None and not config.extra:
+    (class-conditional or non-square models, or a feed-forward width other than 4x, which
+    diffusers' class cannot hold)."""
+    if config.height == config.width and config.num_classes is None and not config.extra and config.mlp_ratio == 4:
         return transformer_config_to_diffusers(config)
     data = config.to_dict()
     data.pop("gradient_checkpointing")

@@ -37,6 +37,9 @@ class DiffusersSampler(Sampler):
     ) -> torch.Tensor:
         if edit is not None:
             raise ValueError("the 'diffusers' sampler reproduces diffusers and has no editing; use 'ancestral'")
+        if isinstance(generator, (list, tuple)):
+            raise ValueError("the 'diffusers' sampler reproduces diffusers' draws from one generator; pass one "
+                             "torch.Generator, or use 'ancestral' for one generator per image")
         steps = schedule.num_timesteps if num_inference_steps is None else num_inference_steps
         if not 1 <= steps <= schedule.num_timesteps:
             raise ValueError(f"num_inference_steps must be in [1, {schedule.num_timesteps}], got {steps}")

@@ -34,19 +34,42 @@ def log_onehot(x: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.zeros(onehot.shape, device=x.device).masked_fill_(onehot == 0, float("-inf"))
 
 
-def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+Generators = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...] | None
+
+
+def _per_row(draw, shape, generator: Generators) -> torch.Tensor:
+    """``draw(shape, generator)``; with a list of generators, row i (dim 0) comes from generator i
+    alone, so an image's draws never depend on the other images of its batch."""
+    if not isinstance(generator, (list, tuple)):
+        return draw(tuple(shape), generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: pass one per image")
+    return torch.stack([draw(tuple(shape[1:]), g) for g in generator])
+
+
+def uniform(shape, device: torch.device | str, generator: Generators = None) -> torch.Tensor:
+    """U[0, 1) float32 of ``shape`` (one generator, or one per row)."""
+    return _per_row(lambda size, g: torch.rand(size, device=device, generator=g), shape, generator)
+
+
+def random_codes(high: int, shape, device: torch.device | str, generator: Generators = None) -> torch.Tensor:
+    """Uniform integers in ``0..high-1`` of ``shape`` (one generator, or one per row)."""
+    return _per_row(lambda size, g: torch.randint(high, size, device=device, generator=g), shape, generator)
+
+
+def gumbel_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """Standard Gumbel noise with the shape and device of ``like`` (float32)."""
-    uniform = torch.rand(like.shape, device=like.device, generator=generator)
-    return -torch.log((-torch.log(uniform.clamp_min(1e-30))).clamp_min(1e-30))
+    uniform_ = uniform(like.shape, like.device, generator)
+    return -torch.log((-torch.log(uniform_.clamp_min(1e-30))).clamp_min(1e-30))
 
 
-def gumbel_argmax(logits: torch.Tensor, generator: torch.Generator | None = None, dim: int = 1) -> torch.Tensor:
+def gumbel_argmax(logits: torch.Tensor, generator: Generators = None, dim: int = 1) -> torch.Tensor:
     """Sample a categorical from unnormalised log-probabilities by the Gumbel-max trick."""
     return (logits + gumbel_noise(logits, generator)).argmax(dim=dim)
 
 
 def q_sample(
-    x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator | None = None
+    x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, generator: Generators = None
 ) -> torch.Tensor:
     """Draw x_t ~ q(x_t | x0) for per-sample paper times ``t`` (B,) in ``0..T``.
 
@@ -63,11 +86,9 @@ def q_sample(
     log_alpha, log_beta, log_gamma = schedule.cumulative(t)
     gamma = log_gamma.exp()[:, None]  # (B, 1)
     replace = (log_beta.exp() * schedule.num_codes)[:, None]  # (B, 1)
-    u = torch.rand(x0.shape, device=x0.device, generator=generator)  # (B, N)
-    random_codes = torch.randint(
-        schedule.num_codes, x0.shape, device=x0.device, generator=generator
-    )
-    x_t = torch.where(u < gamma + replace, random_codes, x0)
+    u = uniform(x0.shape, x0.device, generator)  # (B, N)
+    codes = random_codes(schedule.num_codes, x0.shape, x0.device, generator)
+    x_t = torch.where(u < gamma + replace, codes, x0)
     return torch.where(u < gamma, torch.full_like(x0, schedule.mask_index), x_t)
 
 

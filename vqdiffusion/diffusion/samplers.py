@@ -14,7 +14,7 @@ import torch
 
 from .guidance import check_truncation_rate, truncate
 from .loss import LogPX0Fn
-from .process import LOG_PROB_FLOOR, gumbel_argmax, gumbel_noise, q_posterior, q_sample
+from .process import LOG_PROB_FLOOR, Generators, gumbel_argmax, gumbel_noise, q_posterior, q_sample, random_codes
 from .schedule import NoiseSchedule, model_timestep
 
 __all__ = [
@@ -48,13 +48,13 @@ class EditSpec:
 
 
 def sample_prior(
-    schedule: NoiseSchedule, shape: tuple[int, int], device: torch.device, generator: torch.Generator | None
+    schedule: NoiseSchedule, shape: tuple[int, int], device: torch.device, generator: Generators
 ) -> torch.Tensor:
     """x_T from the prior q(x_T): [MASK] with probability gbar_T, else a uniform random code."""
     mask_probability = float(schedule.mask_probability(torch.tensor(schedule.num_timesteps)))
     if mask_probability >= 1.0:
         return torch.full(shape, schedule.mask_index, device=device)
-    fake_x0 = torch.randint(schedule.num_codes, shape, device=device, generator=generator)
+    fake_x0 = random_codes(schedule.num_codes, shape, device, generator)
     t = torch.full((shape[0],), schedule.num_timesteps, device=device)
     return q_sample(fake_x0, t, schedule, generator)
 
@@ -74,7 +74,7 @@ class Sampler:
         x_t: torch.Tensor,
         num_inference_steps: int | None = None,
         truncation_rate: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         callback: StepCallback | None = None,
         callback_steps: int = 1,
         edit: EditSpec | None = None,
@@ -114,7 +114,7 @@ class Sampler:
         t: int,
         s: int,
         truncation_rate: float,
-        generator: torch.Generator | None,
+        generator: Generators,
     ) -> torch.Tensor:
         raise NotImplementedError
 

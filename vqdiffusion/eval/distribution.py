@@ -1,0 +1,112 @@
+"""FID and KID between generated and reference images, computed from features.
+
+The metrics are torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` fed with
+features instead of images (a pass-through "network"), so one Inception pass serves both, and
+their states (feature sums and covariance for FID, feature lists for KID) synchronise across DDP
+ranks the torchmetrics way. Reference features are computed once per (dataset, split,
+resolution, count, backend) and cached on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from ..utils.atomic import atomic_write_bytes
+
+
+class _Passthrough(nn.Module):
+    """Stands in for the network inside torchmetrics: the "images" given are already features."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class DistributionMetrics(nn.Module):
+    """Streaming FID and KID over (N, D) features of real and generated images.
+
+    KID uses ``kid_subsets`` random subsets of ``kid_subset_size`` (capped by the smaller set) drawn
+    from a generator seeded with ``seed``, so the value is reproducible.
+    """
+
+    def __init__(self, num_features: int, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0) -> None:
+        super().__init__()
+        feature = _Passthrough(num_features)
+        self.num_features = num_features
+        self.fid = FrechetInceptionDistance(feature=feature, reset_real_features=False)
+        self.kid = KernelInceptionDistance(feature=feature, subsets=kid_subsets, subset_size=kid_subset_size,
+                                           reset_real_features=False)
+        self.kid_subset_size, self.seed = kid_subset_size, seed
+
+    def update(self, features: torch.Tensor, real: bool) -> None:
+        """Add (N, D) features of real (reference) or generated images."""
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f"expected (N, {self.num_features}) features, got shape {tuple(features.shape)}")
+        features = features.double()
+        self.fid.update(features, real=real)
+        self.kid.update(features, real=real)
+
+    def counts(self) -> tuple[int, int]:
+        """(real, generated) images seen on all ranks."""
+        return int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples)
+
+    def compute(self) -> dict[str, float]:
+        fid = float(self.fid.compute())
+        real, fake = self._synced_counts()
+        subset = min(self.kid_subset_size, real, fake)
+        self.kid.subset_size = subset
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # torchmetrics draws the KID subsets from the global RNG
+            kid_mean, kid_std = (float(v) for v in self.kid.compute())
+        return {"fid": fid, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": subset,
+                "num_real": real, "num_generated": fake}
+
+    def _synced_counts(self) -> tuple[int, int]:
+        # FID's count states are sum-reduced when compute() syncs; read them synced as well
+        with self.fid.sync_context():
+            return self.counts()
+
+
+def cache_key(**fields) -> str:
+    """A file-name-safe key, e.g. ``dataset=fashion_mnist-split=test-resolution=28-count=5000-backend=fid-helper``."""
+    text = "-".join(f"{name}={value}" for name, value in fields.items())
+    return re.sub(r"[^A-Za-z0-9=._-]+", "_", text)
+
+
+def extract_features(extractor: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
+                     progress: bool = True, total: int | None = None) -> torch.Tensor:
+    """(N, D) float32 features of uint8 image batches (N, 3, H, W), on the CPU."""
+    from tqdm.auto import tqdm
+
+    extractor = extractor.to(device).eval()
+    parts = []
+    with torch.no_grad():
+        for batch in tqdm(batches, total=total, desc="features", unit="batch", disable=not progress):
+            parts.append(extractor(batch.to(device)).float().cpu())
+    if not parts:
+        raise ValueError("no images to extract features from")
+    return torch.cat(parts)
+
+
+def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Features stored at ``path`` (``.pt``), computed and written atomically on the first call."""
+    path = Path(path)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)["features"]
+    features = compute()
+    buffer = io.BytesIO()
+    torch.save({"features": features}, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return features
