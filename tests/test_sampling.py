@@ -43,10 +43,24 @@ def test_writes_indexed_images_and_resumes_identically(checkpoint, tmp_path):
         assert list(Image.open(full / name).getdata()) == list(Image.open(partial / name).getdata())
 
 
+def test_batch_size_does_not_change_the_images(checkpoint, tmp_path):
+    """Each image has its own generator: batches of 1 and of 4 (mixed prompts) give the same files."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    args = [f"checkpoint={checkpoint}", f"prompts_file={prompts}", "n=3", "sampler.num_inference_steps=3"]
+    one = sample(compose_sample([*args, "batch_size=1", f"output_dir={tmp_path / 'one'}"]))
+    four = sample(compose_sample([*args, "batch_size=4", f"output_dir={tmp_path / 'four'}"]))
+    names = sorted(p.name for p in one.glob("0*.png"))
+    assert len(names) == 6
+    for name in names:
+        assert list(Image.open(one / name).getdata()) == list(Image.open(four / name).getdata())
+
+
 @pytest.mark.parametrize("overrides,error,message", [
     (["checkpoint=/no/such/dir/at/all", "prompt=x"], FileNotFoundError, "does not exist"),
     (["prompt=null"], ValueError, "set prompt="),
     (["n=0", "prompt=x"], ValueError, "n must be >= 1, got 0"),
+    (["batch_size=0", "prompt=x"], ValueError, "batch_size must be >= 1, got 0"),
 ])
 def test_bad_sampling_inputs(checkpoint, tmp_path, overrides, error, message):
     base = [f"checkpoint={checkpoint}", f"output_dir={tmp_path}"]

@@ -141,9 +141,85 @@ def test_unknown_lr_schedule_names_the_options():
         lr_scheduler_config(optimizer, "step", 1, 10)
 
 
-def test_perceptual_loss_without_local_weights_fails_with_the_fix():
-    with pytest.raises(ValueError, match=r"perceptual_weight > 0 needs LPIPS/VGG weights.*perceptual_weight=0"):
+def test_perceptual_loss_without_local_weights_fails_with_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"lpips_vgg=None is not a file.*perceptual_weight=0"):
         TokenizerModule(TINY_VQ, perceptual_weight=1.0)
+    with pytest.raises(FileNotFoundError, match="lpips_lin="):
+        TokenizerModule(TINY_VQ, perceptual_weight=1.0, lpips_vgg=__file__, lpips_lin=str(tmp_path / "vgg.pth"))
+
+
+# torchvision's vgg16().features: conv layer indices, and the ReLUs LPIPS reads (relu1_2 .. relu5_3)
+VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG_POOLS_AFTER = (2, 7, 14, 21)  # a max-pool follows these convs' ReLUs
+VGG_TAPS_AFTER = (2, 7, 14, 21, 28)
+
+
+@pytest.fixture()
+def lpips_files(tmp_path):
+    """Random weights in the two published layouts (torchvision VGG16, lpips v0.1 vgg.pth)."""
+    g = torch.Generator().manual_seed(0)
+    vgg, channels = {}, 3
+    widths = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+    for index, width in zip(VGG_CONVS, widths):
+        vgg[f"features.{index}.weight"] = torch.randn(width, channels, 3, 3, generator=g) * (2 / (9 * channels)) ** 0.5
+        vgg[f"features.{index}.bias"] = torch.randn(width, generator=g) * 0.01
+        channels = width
+    vgg["classifier.0.weight"] = torch.zeros(1)  # ignored
+    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in
+           enumerate((64, 128, 256, 512, 512))}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(lin, tmp_path / "vgg.pth")
+    return tmp_path / "vgg16.pth", tmp_path / "vgg.pth", vgg, lin
+
+
+def reference_lpips(x, y, vgg, lin):
+    """LPIPS written out with functional ops over torchvision's layer indices."""
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def taps(h):
+        h, out = (h - shift) / scale, []
+        for index in VGG_CONVS:
+            h = torch.relu(torch.nn.functional.conv2d(h, vgg[f"features.{index}.weight"],
+                                                      vgg[f"features.{index}.bias"], padding=1))
+            if index in VGG_TAPS_AFTER:
+                out.append(h / (h.norm(dim=1, keepdim=True) + 1e-10))
+            if index in VGG_POOLS_AFTER:
+                h = torch.nn.functional.max_pool2d(h, 2)
+        return out
+
+    return sum((lin[f"lin{k}.model.1.weight"] * (a - b) ** 2).sum(1).mean((1, 2))
+               for k, (a, b) in enumerate(zip(taps(x), taps(y))))
+
+
+def test_lpips_matches_a_functional_reference_and_is_zero_on_identical_images(lpips_files):
+    from vqdiffusion.models.lpips import LPIPS
+
+    vgg_path, lin_path, vgg, lin = lpips_files
+    lpips = LPIPS.from_files(vgg_path, lin_path)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    torch.testing.assert_close(lpips(x, y), reference_lpips(x, y, vgg, lin), rtol=1e-4, atol=1e-6)
+    assert torch.all(lpips(x, x) == 0)
+    assert torch.all(lpips(x, y) > 0)
+
+
+def test_perceptual_term_enters_the_tokenizer_loss_and_trains_only_the_autoencoder(lpips_files):
+    vgg_path, lin_path, _, _ = lpips_files
+    plain = TokenizerModule(TINY_VQ)
+    module = TokenizerModule(TINY_VQ, perceptual_weight=0.5, lpips_vgg=str(vgg_path), lpips_lin=str(lin_path))
+    plain.vqvae.load_state_dict(module.vqvae.state_dict())  # the same autoencoder, with and without LPIPS
+    for m in (plain, module):
+        m.log = m.log_dict = lambda *a, **k: None
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, _, _ = module.vqvae(images)
+    expected_extra = 0.5 * module.lpips(recon, images).mean()
+    loss = module.training_step({"image": images}, 0)
+    torch.testing.assert_close(loss - plain.training_step({"image": images}, 0), expected_extra)
+    loss.backward()
+    assert all(p.grad is None for p in module.lpips.parameters())
+    optimised = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in module.lpips.parameters()}
 
 
 def test_tokenizer_stage_on_token_only_batches_says_what_is_wrong():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -82,42 +84,115 @@ def _image_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index) % (2**63)
 
 
+def distributed_context(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) of this process. Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins
+    the default process group torchrun describes: NCCL with one GPU per local rank, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda and device == "auto":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, device if use_cuda else "cpu"
+
+
 def sample(cfg: DictConfig) -> Path:
-    """Write the job's images (skipping those already there); returns the output folder."""
+    """Write the job's images (skipping those already there); returns the output folder.
+
+    Under ``torchrun`` each rank draws the images whose index is its rank modulo the world size;
+    since image i's draws come from its own generator, the set equals a single process's.
+    """
     from hydra.core.hydra_config import HydraConfig
 
+    rank, world, device = distributed_context(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
+    if world > 1:  # one folder for all ranks: rank 0's (run folders are named by start time)
+        import torch.distributed as dist
+
+        shared = [str(out)]
+        dist.broadcast_object_list(shared, src=0)
+        out = Path(shared[0])
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    pipe = load_pipeline(cfg.checkpoint, cfg.device, cfg.dtype)
+    if rank == 0:
+        atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype)
     items = job_items(cfg, pipe)
-    todo = [item for item in items if not (out / f"{item['index']:06d}.png").exists()]
-    log.info("%d images, %d already in %s", len(items), len(items) - len(todo), out)
+    mine = items[rank::world]
+    todo = [item for item in mine if not (out / f"{item['index']:06d}.png").exists()]
+    log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
     settings = {"sampler": cfg.sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate}
     from tqdm.auto import tqdm
 
-    for item in tqdm(todo, desc="images", unit="img"):
-        save_png(_generate(pipe, item, cfg), out / f"{item['index']:06d}.png")
-    lines = "".join(json.dumps({**item, **settings}) + "\n" for item in items)
-    atomic_write_bytes(out / "samples.jsonl", lines.encode())
-    images = [Image.open(out / f"{item['index']:06d}.png") for item in items[:64]]
-    save_png(make_grid(images, columns=min(8, max(1, cfg.n))), out / "grid.png")
+    batch_size = int(cfg.get("batch_size", 1))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cfg.sampler.name == "diffusers":
+        batch_size = 1  # diffusers' draws come from one generator per call
+    pipe.progress = False  # one bar for the whole job below
+    start = time.perf_counter()
+    with tqdm(total=len(todo), desc=f"images (rank {rank})" if world > 1 else "images", unit="img") as bar:
+        for batch in _batches(todo, batch_size):
+            for item, image in zip(batch, _generate(pipe, batch, cfg)):
+                save_png(image, out / f"{item['index']:06d}.png")  # atomic: a killed run leaves no half file
+            bar.update(len(batch))
+    drawn, seconds = _all_ranks(len(todo), time.perf_counter() - start, world)
+    if rank == 0:
+        lines = "".join(json.dumps({**item, **settings}) + "\n" for item in items)
+        atomic_write_bytes(out / "samples.jsonl", lines.encode())
+        images = [Image.open(out / f"{item['index']:06d}.png") for item in items[:64]]
+        save_png(make_grid(images, columns=min(8, max(1, cfg.n))), out / "grid.png")
+    if cfg.get("eval") and cfg.eval.metrics:
+        from .eval.run import evaluate_folder
+
+        speed = {"images_per_second": drawn / seconds} if drawn else {}
+        name = torch.cuda.get_device_name(pipe.device) if str(pipe.device).startswith("cuda") else "cpu"
+        result = evaluate_folder(cfg, out, items, {
+            **settings, **speed, "batch_size": batch_size, "dtype": cfg.dtype, "checkpoint": str(cfg.checkpoint),
+            "device": name, "world_size": world}, rank=rank, world=world)
+        log.info("metrics: %s", {k: v for k, v in result.items() if isinstance(v, float)})
     return out
 
 
-def _generate(pipe: VQDiffusionPipeline, item: dict, cfg: DictConfig) -> Image.Image:
-    """One image with its own generator, so its draws do not depend on any other image.
+def _all_ranks(drawn: int, seconds: float, world: int) -> tuple[int, float]:
+    """Images drawn on all ranks and the slowest rank's time (a barrier: every PNG is written)."""
+    if world == 1:
+        return drawn, seconds
+    import torch.distributed as dist
 
-    (Batching several images would share one generator and change the draws; per-row
-    generators inside the samplers are the planned fix.)
-    """
-    generator = torch.Generator(pipe.device).manual_seed(item["seed"])
+    on = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    count, slowest = torch.tensor([float(drawn)], device=on), torch.tensor([seconds], device=on)
+    dist.all_reduce(count)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return int(count.item()), float(slowest.item())
+
+
+def _batches(items: list[dict], size: int) -> list[list[dict]]:
+    """Consecutive runs of at most ``size`` items with the same kind of condition."""
+    batches: list[list[dict]] = []
+    for item in items:
+        if batches and len(batches[-1]) < size and batches[-1][0].keys() == item.keys():
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _generate(pipe: VQDiffusionPipeline, items: list[dict], cfg: DictConfig) -> list[Image.Image]:
+    """Images for ``items`` in one pipeline call, each drawn from its own generator seeded by
+    (seed, index): the same image whatever the batch size or the rank that draws it."""
+    generators = [torch.Generator(pipe.device).manual_seed(item["seed"]) for item in items]
+    generator = generators[0] if cfg.sampler.name == "diffusers" else generators
     kwargs = dict(num_inference_steps=cfg.sampler.num_inference_steps, guidance_scale=cfg.guidance_scale,
                   truncation_rate=cfg.truncation_rate, generator=generator, sampler=cfg.sampler.name,
                   sampler_options=OmegaConf.to_container(cfg.sampler.options))
-    if "prompt" in item:
-        return pipe(item["prompt"], **kwargs).images[0]
-    if "class_label" in item:
-        return pipe(class_labels=[item["class_label"]], **kwargs).images[0]
-    return pipe(batch_size=1, **kwargs).images[0]
+    if "prompt" in items[0]:
+        return pipe([item["prompt"] for item in items], **kwargs).images
+    if "class_label" in items[0]:
+        return pipe(class_labels=[item["class_label"] for item in items], **kwargs).images
+    return pipe(batch_size=len(items), **kwargs).images

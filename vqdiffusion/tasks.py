@@ -146,7 +146,8 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     module = TokenizerModule(
         vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, l2_weight=hp.l2_weight,
         perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every,
-        disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"))
+        disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"),
+        lpips_vgg=hp.get("lpips_vgg"), lpips_lin=hp.get("lpips_lin"))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
     shared_batch = datamodule.batch_size
     datamodule.batch_size = hp.get("batch_size") or shared_batch  # the stage may use its own batch

@@ -62,6 +62,8 @@ class DistributionMetrics(nn.Module):
         return int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples)
 
     def compute(self) -> dict[str, float]:
+        """The values over every rank's states (torchmetrics gathers them; call on all ranks)."""
+        self._one_tensor_per_kid_list()
         fid = float(self.fid.compute())
         real, fake = self._synced_counts()
         subset = min(self.kid_subset_size, real, fake)
@@ -71,6 +73,14 @@ class DistributionMetrics(nn.Module):
             kid_mean, kid_std = (float(v) for v in self.kid.compute())
         return {"fid": fid, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": subset,
                 "num_real": real, "num_generated": fake}
+
+    def _one_tensor_per_kid_list(self) -> None:
+        # KID keeps lists of tensors and gathers them element by element: ranks must hold the same
+        # number of tensors, so each list becomes one (possibly empty) tensor before syncing.
+        for name in ("real_features", "fake_features"):
+            parts = getattr(self.kid, name)
+            empty = torch.zeros(0, self.num_features, dtype=torch.float64, device=self.fid.device)
+            setattr(self.kid, name, [torch.cat(parts) if parts else empty])
 
     def _synced_counts(self) -> tuple[int, int]:
         # FID's count states are sum-reduced when compute() syncs; read them synced as well

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
+from ..models.lpips import LPIPS
 from ..models.vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["TokenizerModule"]
@@ -18,9 +19,10 @@ class TokenizerModule(pl.LightningModule):
     """Reconstruction (L1 + L2) + codebook/commitment loss, with dead-code restarts, and the
     optional VQGAN patch discriminator (hinge loss, adaptive weight, off before ``disc_start``).
 
-    Logs reconstruction PSNR, the share of codes used and the code perplexity. A perceptual
-    (LPIPS) loss needs VGG weights, which this module does not download: asking for one without
-    them fails with a message instead of silently training without it.
+    Logs reconstruction PSNR, the share of codes used and the code perplexity. The perceptual
+    (LPIPS-VGG) loss needs two local weight files (``lpips_vgg``, ``lpips_lin``; see
+    ``models/lpips.py``), which this module never downloads: asking for it without them fails
+    with a message instead of silently training without it.
 
     The discriminator shares the optimiser with the autoencoder as a second parameter group
     (Adam is per parameter, so this equals two optimisers): one optimiser step per batch keeps
@@ -42,14 +44,14 @@ class TokenizerModule(pl.LightningModule):
         disc_start: int = 0,
         disc_lr: float | None = None,
         disc_layers: int = 3,
+        lpips_vgg: str | None = None,
+        lpips_lin: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if perceptual_weight > 0:
-            raise ValueError(
-                "perceptual_weight > 0 needs LPIPS/VGG weights, which are not available offline here; "
-                "set tokenizer_training.perceptual_weight=0"
-            )
+        if perceptual_weight < 0:
+            raise ValueError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
+        self.lpips = LPIPS.from_files(lpips_vgg, lpips_lin) if perceptual_weight > 0 else None
         if disc_weight < 0 or disc_start < 0:
             raise ValueError(f"disc_weight and disc_start must be >= 0, got {disc_weight} and {disc_start}")
         self.vqvae = VQVAE(VQVAEConfig(**vqvae))
@@ -65,9 +67,14 @@ class TokenizerModule(pl.LightningModule):
         recon, quant_loss, codes = self.vqvae(images)
         l1 = (recon - images).abs().mean()
         l2 = F.mse_loss(recon, images)
-        loss = l1 + self.hparams.l2_weight * l2 + quant_loss
+        rec_loss = l1 + self.hparams.l2_weight * l2
+        if self.lpips is not None:
+            perceptual = self.lpips(recon, images).mean()
+            rec_loss = rec_loss + self.hparams.perceptual_weight * perceptual
+            self.log("tokenizer/lpips", perceptual)
+        loss = rec_loss + quant_loss
         if self.discriminator is not None:
-            loss = loss + self._adversarial_terms(images, recon, l1 + self.hparams.l2_weight * l2)
+            loss = loss + self._adversarial_terms(images, recon, rec_loss)
         usage = torch.bincount(codes.flatten(), minlength=self.vqvae.num_codes).float()
         self.code_usage.mul_(0.99).add_(usage)
         probs = usage / usage.sum()

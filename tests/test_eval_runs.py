@@ -1,0 +1,155 @@
+"""sample.py with eval.metrics: FID/KID against a dataset split, the reference cache, sweep summaries."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from test_eval import scipy_fid
+
+from vqdiffusion.eval.run import dataset_batches
+from vqdiffusion.eval.summary import summarize
+from vqdiffusion.sampling import sample
+from vqdiffusion.tiny import tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PooledConv(torch.nn.Module):
+    """A tiny stand-in with the FID Inception's contract (float 299 px in, (N, D) out)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 6, 5, stride=4)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    tiny_pipeline("text").save_pretrained(root / "pipe")
+    torch.jit.script(PooledConv()).save(str(root / "extractor.pt"))
+    return root
+
+
+def run_sample(setup, out, *extra, data=("data=shapes", "data.train.size=16")):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("sample", overrides=[
+            f"checkpoint={setup / 'pipe'}", "prompt=[a red circle,a blue square]", "n=6", "batch_size=4",
+            "sampler.num_inference_steps=3", *data, "seed=0",
+            f"eval.backend={setup / 'extractor.pt'}", f"eval.cache_dir={setup / 'cache'}", "eval.kid_subset_size=5",
+            f"output_dir={out}", *extra])
+    return sample(cfg), cfg
+
+
+def test_fid_kid_and_shapes_land_in_metrics_json_and_equal_a_direct_computation(setup, tmp_path):
+    out, cfg = run_sample(setup, tmp_path / "a", "eval.metrics=[fid,kid,shapes]")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 12 and metrics["num_real"] == 12 and metrics["num_generated"] == 12
+    assert 0.0 <= metrics["shapes_faithfulness"] <= 1.0
+    assert metrics["protocol"]["reference_count"] == 12 and metrics["images_per_second"] > 0
+    assert metrics["num_inference_steps"] == 3 and metrics["sampler"] == "ancestral"
+
+    # the same number from the features directly (PNG pixels and the dataset's first 12 images)
+    from hydra.utils import instantiate
+
+    from vqdiffusion.eval import load_feature_extractor
+
+    extractor = load_feature_extractor(str(setup / "extractor.pt"))
+    generated = torch.from_numpy(np.stack([np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB"))
+                                           for i in range(12)])).permute(0, 3, 1, 2)
+    reference = torch.cat(list(dataset_batches(instantiate(cfg.data.val), 12)))
+    expected = scipy_fid(extractor(reference).double().numpy(), extractor(generated).double().numpy())
+    assert metrics["fid"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+    cache = Path(metrics["protocol"]["reference_cache"])
+    assert cache.is_file() and "split=val" in cache.name and "count=12" in cache.name
+    stamp = cache.stat().st_mtime_ns
+    again, _ = run_sample(setup, tmp_path / "b", "eval.metrics=[fid]")
+    assert cache.stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert json.loads((again / "metrics.json").read_text())["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
+
+
+def test_fid_without_a_reference_dataset_says_to_add_one(setup, tmp_path):
+    with pytest.raises(ValueError, match="add data=<name>"):
+        run_sample(setup, tmp_path, "eval.metrics=[fid]", data=())
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    (["eval.metrics=[fdi]"], ValueError, r"unknown eval.metrics \['fdi'\]"),
+    (["eval.metrics=[fid]", "eval.backend=inceptoin"], ValueError, "unknown feature backend 'inceptoin'"),
+    (["eval.metrics=[fid]", "eval.reference_count=100000"], ValueError, "fewer than the 100000 asked for"),
+])
+def test_evaluation_errors_say_what_to_change(setup, tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message):
+        run_sample(setup, tmp_path, *overrides)
+
+
+def test_summary_table_and_plots_from_metrics_files(tmp_path):
+    for job, (steps, fid) in enumerate([(10, 30.0), (25, 20.0), (50, 15.0), (100, 14.0)]):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps({
+            "sampler": "ancestral", "num_inference_steps": steps, "guidance_scale": 3.0, "fid": fid,
+            "images_per_second": 100.0 / steps, "protocol": {"ignored": "nested"}}))
+    files = summarize(tmp_path)
+    names = {f.name for f in files}
+    assert {"summary.csv", "summary.md", "fid_vs_steps.png", "speed_vs_quality.png"} <= names
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["fid"]) for r in rows] == [30.0, 20.0, 15.0, 14.0]
+    assert "protocol" not in rows[0]
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        summarize(tmp_path / "0" / "nothing_here")
+
+
+def test_multirun_over_steps_ends_with_the_summary(setup, tmp_path):
+    """`python sample.py -m ... sampler.num_inference_steps=2,4` tabulates and plots in one command."""
+    command = [sys.executable, "sample.py", "-m", f"checkpoint={setup / 'pipe'}", "prompt=a red circle", "n=2",
+               "eval.metrics=[shapes]", "sampler.num_inference_steps=2,4", f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["num_inference_steps"] for r in csv.DictReader(f)] == ["2", "4"]
+    assert (tmp_path / "shapes_faithfulness_vs_steps.png").is_file()
+
+
+def test_two_processes_draw_the_same_images_and_metrics_as_one(setup, tmp_path):
+    """torchrun with 2 CPU processes (gloo): images split by index, torchmetrics gathers the states."""
+    common = [f"checkpoint={setup / 'pipe'}", "prompt=[a red circle,a blue square]", "n=5", "batch_size=3",
+              "sampler.num_inference_steps=3", "data=shapes", "data.train.size=16", "device=cpu",
+              "eval.metrics=[fid,kid,shapes]", f"eval.backend={setup / 'extractor.pt'}",
+              f"eval.cache_dir={tmp_path / 'cache'}", "eval.kid_subset_size=4"]
+    runs = {1: [sys.executable, "sample.py"],
+            2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "sample.py"]}
+    for world, launcher in runs.items():
+        done = subprocess.run([*launcher, *common, f"output_dir={tmp_path / str(world)}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / w / "metrics.json").read_text()) for w in ("1", "2"))
+    assert two["world_size"] == 2 and two["num_generated"] == 10 and two["num_real"] == 10
+    assert two["shapes_faithfulness"] == one["shapes_faithfulness"]
+    for key in ("fid", "kid"):  # float32 features of other batch compositions: equal to ~1e-7, and
+        assert two[key] == pytest.approx(one[key], rel=1e-3)  # a 10-image FID's matrix root amplifies that
+    for i in range(10):
+        a, b = (np.asarray(Image.open(tmp_path / w / f"{i:06d}.png")) for w in ("1", "2"))
+        assert np.array_equal(a, b)
+
+
+def test_an_interrupted_evaluation_run_ends_with_the_same_metrics(setup, tmp_path):
+    full, _ = run_sample(setup, tmp_path / "full", "eval.metrics=[fid,kid]")
+    expected = json.loads((full / "metrics.json").read_text())
+    for i in range(3, 12):  # a run killed after its first 3 images
+        (full / f"{i:06d}.png").unlink()
+    (full / "metrics.json").unlink()
+    resumed, _ = run_sample(setup, tmp_path / "full", "eval.metrics=[fid,kid]")
+    got = json.loads((resumed / "metrics.json").read_text())
+    assert (got["fid"], got["kid"], got["num_generated"]) == (expected["fid"], expected["kid"], 12)

@@ -1,0 +1,108 @@
+"""Metrics of a sample folder written by ``sample.py``: FID/KID against a dataset split, and the
+shapes faithfulness for shapes prompts. Writes ``metrics.json`` (values, protocol, settings).
+
+    python sample.py checkpoint=RUN class_labels=[0,1,2] n=100 data=fashion_mnist eval.metrics=[fid,kid]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from ..utils.atomic import atomic_write_bytes
+from .distribution import DistributionMetrics, cache_key, cached_features, extract_features
+from .features import load_feature_extractor
+
+log = logging.getLogger(__name__)
+METRICS = ("fid", "kid", "shapes")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float in [-1, 1] -> uint8."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def dataset_batches(dataset, count: int, batch_size: int = 50):
+    """uint8 batches of the first ``count`` images of a dataset (its order is fixed)."""
+    if len(dataset) < count:
+        raise ValueError(f"the reference split holds {len(dataset)} images, fewer than the {count} asked for "
+                         "(set eval.reference_count)")
+    for start in range(0, count, batch_size):
+        yield to_uint8(torch.stack([dataset[i]["image"] for i in range(start, min(count, start + batch_size))]))
+
+
+def folder_batches(folder: Path, items: list[dict], batch_size: int = 50):
+    """uint8 batches of the job's PNGs, in index order."""
+    for start in range(0, len(items), batch_size):
+        arrays = [np.asarray(Image.open(folder / f"{item['index']:06d}.png").convert("RGB"))
+                  for item in items[start:start + batch_size]]
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def evaluate_folder(cfg: DictConfig, out: Path, items: list[dict], extra: dict | None = None,
+                    rank: int = 0, world: int = 1) -> dict:
+    """Compute ``cfg.eval.metrics`` over the job's images; returns them, and rank 0 writes
+    ``metrics.json``. With several ranks each extracts the features of its own images (index
+    modulo world size) and torchmetrics gathers the states; every PNG must already be written."""
+    wanted = list(cfg.eval.metrics or [])
+    unknown = sorted(set(wanted) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown eval.metrics {unknown}; expected any of {list(METRICS)}")
+    result: dict = {"num_images": len(items), **(extra or {})}
+    if "shapes" in wanted:
+        result.update(_shapes_faithfulness(out, items))  # cheap: every rank scores all images
+    if "fid" in wanted or "kid" in wanted:
+        result.update(_distribution(cfg, out, items, rank, world))
+    if rank == 0:
+        atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
+    return result
+
+
+def _shapes_faithfulness(out: Path, items: list[dict]) -> dict:
+    from ..data.shapes import score_image
+
+    if not items or "prompt" not in items[0]:
+        raise ValueError("eval.metrics=[shapes] scores shapes prompts: this job has no prompts")
+    hits = [score_image(Image.open(out / f"{item['index']:06d}.png"), item["prompt"])["relation"] for item in items]
+    return {"shapes_faithfulness": sum(hits) / len(hits)}
+
+
+def _distribution(cfg: DictConfig, out: Path, items: list[dict], rank: int, world: int) -> dict:
+    from hydra.utils import instantiate
+
+    ev = cfg.eval
+    if cfg.get("data") is None:
+        raise ValueError("eval.metrics fid/kid compare the samples with a dataset: add data=<name> "
+                         "(e.g. data=fashion_mnist) and eval.reference_split=train|val")
+    if ev.reference_split not in cfg.data:
+        raise ValueError(f"eval.reference_split={ev.reference_split!r}: the data config has "
+                         f"{[k for k in ('train', 'val') if k in cfg.data]}")
+    dataset = instantiate(cfg.data[ev.reference_split])
+    count = int(ev.reference_count or len(items))
+    resolution = tuple(dataset[0]["image"].shape[-2:])
+    device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
+    extractor = load_feature_extractor(ev.backend)
+    key = cache_key(dataset=type(dataset).__name__, split=ev.reference_split, resolution=f"{resolution[0]}x"
+                    f"{resolution[1]}", count=count, backend=Path(ev.backend).name)
+    cache = Path(ev.cache_dir).expanduser() / f"{key}.pt"
+    if rank == 0:  # the reference is computed (or read) once, by rank 0, and enters its states only
+        reference = cached_features(cache, lambda: extract_features(
+            extractor, dataset_batches(dataset, count), device, total=-(-count // 50)))
+    mine = items[rank::world]
+    generated = extract_features(extractor, folder_batches(out, mine), device, total=-(-len(mine) // 50))
+    metrics = DistributionMetrics(generated.shape[1], kid_subsets=ev.kid_subsets,
+                                  kid_subset_size=ev.kid_subset_size).to(device)
+    if rank == 0:
+        metrics.update(reference.to(device), real=True)
+    metrics.update(generated.to(device), real=False)
+    values = metrics.compute()  # torchmetrics gathers every rank's states here
+    values["protocol"] = {"reference": f"{type(dataset).__name__} {ev.reference_split}", "reference_count": count,
+                          "reference_resolution": list(resolution), "backend": ev.backend,
+                          "reference_cache": str(cache)}
+    return values
