@@ -153,3 +153,46 @@ def test_an_interrupted_evaluation_run_ends_with_the_same_metrics(setup, tmp_pat
     resumed, _ = run_sample(setup, tmp_path / "full", "eval.metrics=[fid,kid]")
     got = json.loads((resumed / "metrics.json").read_text())
     assert (got["fid"], got["kid"], got["num_generated"]) == (expected["fid"], expected["kid"], 12)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_pair(tmp_path_factory):
+    """A random CLIPModel (text + vision) with its CLIPProcessor, saved like a hub folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from vqdiffusion.tiny import tiny_clip
+
+    text, tokenizer = tiny_clip()
+    config = CLIPConfig(text_config=text.config.to_dict(), projection_dim=16, vision_config=dict(
+        image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_clip_pair")
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_equals_the_formula_on_the_models_own_embeddings(setup, tmp_path, tiny_clip_pair):
+    from transformers import CLIPModel, CLIPProcessor
+
+    out, _ = run_sample(setup, tmp_path, "eval.metrics=[clip]", f"eval.clip_model={tiny_clip_pair}")
+    got = json.loads((out / "metrics.json").read_text())["clip_score"]
+    model, processor = CLIPModel.from_pretrained(tiny_clip_pair).eval(), CLIPProcessor.from_pretrained(tiny_clip_pair)
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    images = [Image.open(out / f"{r['index']:06d}.png").convert("RGB") for r in records]
+    inputs = processor(text=[r["prompt"] for r in records], images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        image = model.visual_projection(model.vision_model(pixel_values=inputs["pixel_values"]).pooler_output)
+        text = model.text_projection(model.text_model(input_ids=inputs["input_ids"],
+                                                      attention_mask=inputs["attention_mask"]).pooler_output)
+    cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    assert got == pytest.approx(float((100 * cosine.clamp_min(0)).mean()), rel=1e-4)
+
+
+def test_clip_model_that_cannot_load_is_named(setup, tmp_path):
+    with pytest.raises(RuntimeError, match="eval.clip_model='/no/clip' cannot be loaded"):
+        run_sample(setup, tmp_path, "eval.metrics=[clip]", "eval.clip_model=/no/clip")
+    with pytest.raises(ValueError, match="needs eval.clip_model="):
+        run_sample(setup, tmp_path, "eval.metrics=[clip]")

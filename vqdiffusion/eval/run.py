@@ -20,7 +20,7 @@ from .distribution import DistributionMetrics, cache_key, cached_features, extra
 from .features import load_feature_extractor
 
 log = logging.getLogger(__name__)
-METRICS = ("fid", "kid", "shapes")
+METRICS = ("fid", "kid", "shapes", "clip")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,8 @@ def evaluate_folder(cfg: DictConfig, out: Path, items: list[dict], extra: dict |
         result.update(_shapes_faithfulness(out, items))  # cheap: every rank scores all images
     if "fid" in wanted or "kid" in wanted:
         result.update(_distribution(cfg, out, items, rank, world))
+    if "clip" in wanted:
+        result.update(_clip_score(cfg, out, items, rank, world))
     if rank == 0:
         atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
@@ -71,6 +73,21 @@ def _shapes_faithfulness(out: Path, items: list[dict]) -> dict:
         raise ValueError("eval.metrics=[shapes] scores shapes prompts: this job has no prompts")
     hits = [score_image(Image.open(out / f"{item['index']:06d}.png"), item["prompt"])["relation"] for item in items]
     return {"shapes_faithfulness": sum(hits) / len(hits)}
+
+
+def _clip_score(cfg: DictConfig, out: Path, items: list[dict], rank: int, world: int) -> dict:
+    from .clip_score import CLIPScore, load_clip
+
+    if not items or "prompt" not in items[0]:
+        raise ValueError("eval.metrics=[clip] scores images against their prompts: this job has no prompts")
+    if not cfg.eval.get("clip_model"):
+        raise ValueError("eval.metrics=[clip] needs eval.clip_model=<local CLIP folder or hub id>")
+    device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
+    metric = CLIPScore(*load_clip(cfg.eval.clip_model)).to(device)
+    mine = items[rank::world]
+    for start, images in zip(range(0, len(mine), 50), folder_batches(out, mine)):
+        metric.update(images, [item["prompt"] for item in mine[start:start + 50]])
+    return {"clip_score": float(metric.compute()), "clip_model": str(cfg.eval.clip_model)}
 
 
 def _distribution(cfg: DictConfig, out: Path, items: list[dict], rank: int, world: int) -> dict:
