@@ -196,3 +196,31 @@ def test_clip_model_that_cannot_load_is_named(setup, tmp_path):
         run_sample(setup, tmp_path, "eval.metrics=[clip]", "eval.clip_model=/no/clip")
     with pytest.raises(ValueError, match="needs eval.clip_model="):
         run_sample(setup, tmp_path, "eval.metrics=[clip]")
+
+
+def test_prompts_from_a_split_are_its_captions_in_order(setup, tmp_path):
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("sample", overrides=[
+            f"checkpoint={setup / 'pipe'}", "n=1", "sampler.num_inference_steps=2", "data=shapes",
+            "data.train.size=16", "prompts_from=val", "prompts_count=5", f"output_dir={tmp_path}"])
+        bad = compose("sample", overrides=[f"checkpoint={setup / 'pipe'}", "prompts_from=val",
+                                           f"output_dir={tmp_path / 'bad'}"])
+    out = sample(cfg)
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    dataset = instantiate(cfg.data.val)
+    assert [r["prompt"] for r in records] == [dataset[i]["caption"] for i in range(5)]
+    with pytest.raises(ValueError, match="add data=<name>"):
+        sample(bad)
+
+
+def test_prompts_from_gives_a_class_model_every_class(tmp_path):
+    from vqdiffusion.sampling import job_items
+
+    pipe = tiny_pipeline("class")
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("sample", overrides=["checkpoint=x", "n=2", "prompts_from=val"])
+    labels = [item["class_label"] for item in job_items(cfg, pipe)]
+    classes = pipe.transformer.config.num_classes
+    assert labels == [c for c in range(classes) for _ in range(2)]

@@ -53,15 +53,37 @@ def job_items(cfg: DictConfig, pipe: VQDiffusionPipeline) -> list[dict]:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
     model = pipe.transformer.config
     if model.context_dim is not None:
-        prompts = _prompts(cfg)
+        prompts = _split_captions(cfg) if cfg.get("prompts_from") else _prompts(cfg)
         conditions = [{"prompt": p} for p in prompts for _ in range(cfg.n)]
     elif model.num_classes is not None:
-        if not cfg.class_labels:
+        if cfg.get("prompts_from") and not cfg.class_labels:  # every class of the model
+            conditions = [{"class_label": c} for c in range(model.num_classes) for _ in range(cfg.n)]
+        elif not cfg.class_labels:
             raise ValueError(f"this model is class-conditional: set class_labels=[...] in [0, {model.num_classes - 1}]")
-        conditions = [{"class_label": int(c)} for c in cfg.class_labels for _ in range(cfg.n)]
+        else:
+            conditions = [{"class_label": int(c)} for c in cfg.class_labels for _ in range(cfg.n)]
     else:
         conditions = [{} for _ in range(cfg.n)]
     return [{"index": i, **c, "seed": _image_seed(cfg.seed, i)} for i, c in enumerate(conditions)]
+
+
+def _split_captions(cfg: DictConfig) -> list[str]:
+    """The captions of the first ``prompts_count`` items of ``data``'s ``prompts_from`` split, in
+    order (the text-to-image protocol: one generated image per reference caption)."""
+    from hydra.utils import instantiate
+
+    split = cfg.prompts_from
+    if cfg.prompt or cfg.prompts_file:
+        raise ValueError("set prompts_from or prompt/prompts_file, not both")
+    if cfg.get("data") is None or split not in cfg.data:
+        raise ValueError(f"prompts_from={split!r} reads a dataset split: add data=<name> whose config has "
+                         f"'{split}' (train or val)")
+    dataset = instantiate(cfg.data[split])
+    count = min(int(cfg.prompts_count), len(dataset))
+    captions = [dataset[i].get("caption") for i in range(count)]
+    if not all(isinstance(c, str) and c for c in captions):
+        raise ValueError(f"prompts_from={split!r}: this dataset's items carry no captions")
+    return captions
 
 
 def _prompts(cfg: DictConfig) -> list[str]:
