@@ -70,15 +70,12 @@ def job_items(cfg: DictConfig, pipe: VQDiffusionPipeline) -> list[dict]:
 def _split_captions(cfg: DictConfig) -> list[str]:
     """The captions of the first ``prompts_count`` items of ``data``'s ``prompts_from`` split, in
     order (the text-to-image protocol: one generated image per reference caption)."""
-    from hydra.utils import instantiate
+    from .data.datamodule import split_dataset
 
     split = cfg.prompts_from
     if cfg.prompt or cfg.prompts_file:
         raise ValueError("set prompts_from or prompt/prompts_file, not both")
-    if cfg.get("data") is None or split not in cfg.data:
-        raise ValueError(f"prompts_from={split!r} reads a dataset split: add data=<name> whose config has "
-                         f"'{split}' (train or val)")
-    dataset = instantiate(cfg.data[split])
+    dataset = split_dataset(cfg, split, f"prompts_from={split!r} reads a dataset split")
     count = min(int(cfg.prompts_count), len(dataset))
     captions = [dataset[i].get("caption") for i in range(count)]
     if not all(isinstance(c, str) and c for c in captions):
@@ -176,7 +173,7 @@ def sample(cfg: DictConfig) -> Path:
         name = torch.cuda.get_device_name(pipe.device) if str(pipe.device).startswith("cuda") else "cpu"
         result = evaluate_folder(cfg, out, items, {
             **settings, **speed, "batch_size": batch_size, "dtype": cfg.dtype, "checkpoint": str(cfg.checkpoint),
-            "device": name, "world_size": world}, rank=rank, world=world)
+            "device": name, "world_size": world}, device=pipe.device, rank=rank, world=world)
         log.info("metrics: %s", {k: v for k, v in result.items() if isinstance(v, float)})
     return out
 

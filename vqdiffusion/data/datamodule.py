@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-__all__ = ["DataModule", "StepSampler"]
+__all__ = ["DataModule", "StepSampler", "split_dataset"]
 
 
 class StepSampler(Sampler[int]):
@@ -39,6 +39,19 @@ class StepSampler(Sampler[int]):
         for _ in range(len(self)):
             yield self._index(self.position * self.num_replicas + self.rank)
             self.position += 1
+
+
+def split_dataset(cfg, split: str, purpose: str) -> Dataset:
+    """The dataset of ``cfg.data``'s ``split`` (``train`` or ``val``) outside training, e.g. for
+    sample.py; ``purpose`` starts the error message when the config has no such data or split."""
+    from hydra.utils import instantiate
+
+    if cfg.get("data") is None:
+        raise ValueError(f"{purpose}: add data=<name> (e.g. data=fashion_mnist)")
+    if split not in cfg.data:
+        raise ValueError(f"{purpose}: split {split!r} is not in the data config, which has "
+                         f"{[k for k in ('train', 'val') if k in cfg.data]}")
+    return instantiate(cfg.data[split])
 
 
 class DataModule(pl.LightningDataModule):

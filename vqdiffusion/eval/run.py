@@ -28,7 +28,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def dataset_batches(dataset, count: int, batch_size: int = 50):
+BATCH = 50  # images per feature-extractor call
+
+
+def batch_count(images: int) -> int:
+    return -(-images // BATCH)
+
+
+def dataset_batches(dataset, count: int, batch_size: int = BATCH):
     """uint8 batches of the first ``count`` images of a dataset (its order is fixed)."""
     if len(dataset) < count:
         raise ValueError(f"the reference split holds {len(dataset)} images, fewer than the {count} asked for "
@@ -37,19 +44,29 @@ def dataset_batches(dataset, count: int, batch_size: int = 50):
         yield to_uint8(torch.stack([dataset[i]["image"] for i in range(start, min(count, start + batch_size))]))
 
 
-def folder_batches(folder: Path, items: list[dict], batch_size: int = 50):
-    """uint8 batches of the job's PNGs, in index order."""
+def load_pngs(folder: Path, items: list[dict]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) of the items' PNGs, in their order."""
+    arrays = [np.asarray(Image.open(folder / f"{item['index']:06d}.png").convert("RGB")) for item in items]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def item_batches(items: list[dict], batch_size: int = BATCH):
     for start in range(0, len(items), batch_size):
-        arrays = [np.asarray(Image.open(folder / f"{item['index']:06d}.png").convert("RGB"))
-                  for item in items[start:start + batch_size]]
-        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        yield items[start:start + batch_size]
+
+
+def folder_batches(folder: Path, items: list[dict], batch_size: int = BATCH):
+    """uint8 batches of the job's PNGs, in index order."""
+    for batch in item_batches(items, batch_size):
+        yield load_pngs(folder, batch)
 
 
 def evaluate_folder(cfg: DictConfig, out: Path, items: list[dict], extra: dict | None = None,
-                    rank: int = 0, world: int = 1) -> dict:
+                    device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> dict:
     """Compute ``cfg.eval.metrics`` over the job's images; returns them, and rank 0 writes
     ``metrics.json``. With several ranks each extracts the features of its own images (index
-    modulo world size) and torchmetrics gathers the states; every PNG must already be written."""
+    modulo world size) and torchmetrics gathers the states; every PNG must already be written.
+    The feature networks run on ``device`` (the sampling pipeline's)."""
     wanted = list(cfg.eval.metrics or [])
     unknown = sorted(set(wanted) - set(METRICS))
     if unknown:
@@ -58,9 +75,9 @@ def evaluate_folder(cfg: DictConfig, out: Path, items: list[dict], extra: dict |
     if "shapes" in wanted:
         result.update(_shapes_faithfulness(out, items))  # cheap: every rank scores all images
     if "fid" in wanted or "kid" in wanted:
-        result.update(_distribution(cfg, out, items, rank, world))
+        result.update(_distribution(cfg, out, items, device, rank, world))
     if "clip" in wanted:
-        result.update(_clip_score(cfg, out, items, rank, world))
+        result.update(_clip_score(cfg, out, items, device, rank, world))
     if rank == 0:
         atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
@@ -75,44 +92,36 @@ def _shapes_faithfulness(out: Path, items: list[dict]) -> dict:
     return {"shapes_faithfulness": sum(hits) / len(hits)}
 
 
-def _clip_score(cfg: DictConfig, out: Path, items: list[dict], rank: int, world: int) -> dict:
+def _clip_score(cfg: DictConfig, out: Path, items: list[dict], device, rank: int, world: int) -> dict:
     from .clip_score import CLIPScore, load_clip
 
     if not items or "prompt" not in items[0]:
         raise ValueError("eval.metrics=[clip] scores images against their prompts: this job has no prompts")
     if not cfg.eval.get("clip_model"):
         raise ValueError("eval.metrics=[clip] needs eval.clip_model=<local CLIP folder or hub id>")
-    device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
     metric = CLIPScore(*load_clip(cfg.eval.clip_model)).to(device)
-    mine = items[rank::world]
-    for start, images in zip(range(0, len(mine), 50), folder_batches(out, mine)):
-        metric.update(images, [item["prompt"] for item in mine[start:start + 50]])
+    for batch in item_batches(items[rank::world]):
+        metric.update(load_pngs(out, batch), [item["prompt"] for item in batch])
     return {"clip_score": float(metric.compute()), "clip_model": str(cfg.eval.clip_model)}
 
 
-def _distribution(cfg: DictConfig, out: Path, items: list[dict], rank: int, world: int) -> dict:
-    from hydra.utils import instantiate
+def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: int, world: int) -> dict:
+    from ..data.datamodule import split_dataset
 
     ev = cfg.eval
-    if cfg.get("data") is None:
-        raise ValueError("eval.metrics fid/kid compare the samples with a dataset: add data=<name> "
-                         "(e.g. data=fashion_mnist) and eval.reference_split=train|val")
-    if ev.reference_split not in cfg.data:
-        raise ValueError(f"eval.reference_split={ev.reference_split!r}: the data config has "
-                         f"{[k for k in ('train', 'val') if k in cfg.data]}")
-    dataset = instantiate(cfg.data[ev.reference_split])
+    dataset = split_dataset(cfg, ev.reference_split, "eval.metrics fid/kid compare the samples with a dataset "
+                            "split (eval.reference_split=train|val)")
     count = int(ev.reference_count or len(items))
     resolution = tuple(dataset[0]["image"].shape[-2:])
-    device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
     extractor = load_feature_extractor(ev.backend)
     key = cache_key(dataset=type(dataset).__name__, split=ev.reference_split, resolution=f"{resolution[0]}x"
                     f"{resolution[1]}", count=count, backend=Path(ev.backend).name)
     cache = Path(ev.cache_dir).expanduser() / f"{key}.pt"
     if rank == 0:  # the reference is computed (or read) once, by rank 0, and enters its states only
         reference = cached_features(cache, lambda: extract_features(
-            extractor, dataset_batches(dataset, count), device, total=-(-count // 50)))
+            extractor, dataset_batches(dataset, count), device, total=batch_count(count)))
     mine = items[rank::world]
-    generated = extract_features(extractor, folder_batches(out, mine), device, total=-(-len(mine) // 50))
+    generated = extract_features(extractor, folder_batches(out, mine), device, total=batch_count(len(mine)))
     metrics = DistributionMetrics(generated.shape[1], kid_subsets=ev.kid_subsets,
                                   kid_subset_size=ev.kid_subset_size).to(device)
     if rank == 0:
