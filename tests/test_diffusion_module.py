@@ -44,3 +44,16 @@ def test_no_clip_value_leaves_the_gradients(module):
     param.grad = torch.full_like(param, 7.0)
     module.configure_gradient_clipping(optimizer, None, None)
     assert torch.all(param.grad == 7.0)
+
+
+@pytest.mark.parametrize("key", ["image", "tokens"])
+def test_throughput_counts_image_and_pre_tokenised_batches(key, monkeypatch):
+    from vqdiffusion.lit.callbacks import Throughput
+
+    clock = iter(range(100))
+    monkeypatch.setattr("vqdiffusion.lit.callbacks.time.perf_counter", lambda: 0.5 * next(clock))
+    meter = Throughput(warmup=2)
+    for step in range(10):
+        meter.on_train_batch_end(None, None, None, {key: torch.zeros(8, 4)}, step)
+    result = meter.summary(world_size=2)
+    assert result["step_seconds"] == 0.5 and result["samples_per_second"] == 8 * 2 / 0.5

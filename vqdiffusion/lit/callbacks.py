@@ -135,18 +135,20 @@ class Throughput(pl.Callback):
 
     def __init__(self, path: str | Path | None = None, warmup: int = 50) -> None:
         self.path, self.warmup, self.stamps = Path(path) if path else None, warmup, []
+        self.batch_size = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch, batch_idx: int) -> None:
         self.stamps.append(time.perf_counter())
-        if isinstance(batch, dict) and "image" in batch:
-            self.batch_size = len(batch["image"])
+        key = next((k for k in ("image", "tokens") if isinstance(batch, dict) and k in batch), None)
+        if key is not None:  # pre-tokenised shards carry no images
+            self.batch_size = len(batch[key])
 
     def summary(self, world_size: int) -> dict | None:
         steps = [b - a for a, b in zip(self.stamps[self.warmup:], self.stamps[self.warmup + 1:])]
         if len(steps) < 5:
             return None
         seconds = statistics.median(steps)
-        return {"step_seconds": seconds, "samples_per_second": getattr(self, "batch_size", 0) * world_size / seconds,
+        return {"step_seconds": seconds, "samples_per_second": self.batch_size * world_size / seconds,
                 "world_size": world_size, "steps_timed": len(steps),
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
