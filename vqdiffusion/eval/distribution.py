@@ -4,7 +4,8 @@ The metrics are torchmetrics' ``FrechetInceptionDistance`` and ``KernelInception
 features instead of images (a pass-through "network"), so one Inception pass serves both, and
 their states (feature sums and covariance for FID, feature lists for KID) synchronise across DDP
 ranks the torchmetrics way. Reference features are computed once per (dataset, split,
-resolution, count, backend) and cached on disk.
+resolution, count, backend) and cached on disk; when only FID is asked for, the cache holds the
+reference's feature sums instead (O(D^2) whatever the count: the full ImageNet train set fits).
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ class DistributionMetrics(nn.Module):
     from a generator seeded with ``seed``, so the value is reproducible.
     """
 
-    def __init__(self, num_features: int, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0) -> None:
+    def __init__(self, num_features: int, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
+                 kid: bool = True) -> None:
         super().__init__()
         feature = _Passthrough(num_features)
         self.num_features = num_features
         self.fid = FrechetInceptionDistance(feature=feature, reset_real_features=False)
+        # KID keeps every feature (FID only sums): leave it out when it is not wanted
         self.kid = KernelInceptionDistance(feature=feature, subsets=kid_subsets, subset_size=kid_subset_size,
-                                           reset_real_features=False)
+                                           reset_real_features=False) if kid else None
         self.kid_subset_size, self.seed = kid_subset_size, seed
 
     def update(self, features: torch.Tensor, real: bool) -> None:
@@ -55,7 +58,17 @@ class DistributionMetrics(nn.Module):
             raise ValueError(f"expected (N, {self.num_features}) features, got shape {tuple(features.shape)}")
         features = features.double()
         self.fid.update(features, real=real)
-        self.kid.update(features, real=real)
+        if self.kid is not None:
+            self.kid.update(features, real=real)
+
+    def add_reference_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
+        """Add reference images by their feature sums (see :func:`feature_statistics`); FID only."""
+        if self.kid is not None:
+            raise ValueError("KID needs the reference features themselves, not their sums")
+        device = self.fid.real_features_sum.device
+        self.fid.real_features_sum += statistics["sum"].to(device)
+        self.fid.real_features_cov_sum += statistics["cov_sum"].to(device)
+        self.fid.real_features_num_samples += int(statistics["count"])
 
     def counts(self) -> tuple[int, int]:
         """(real, generated) images seen on all ranks."""
@@ -66,6 +79,8 @@ class DistributionMetrics(nn.Module):
         self._one_tensor_per_kid_list()
         fid = float(self.fid.compute())
         real, fake = self._synced_counts()
+        if self.kid is None:
+            return {"fid": fid, "num_real": real, "num_generated": fake}
         subset = min(self.kid_subset_size, real, fake)
         self.kid.subset_size = subset
         with torch.random.fork_rng(devices=[]):
@@ -77,6 +92,8 @@ class DistributionMetrics(nn.Module):
     def _one_tensor_per_kid_list(self) -> None:
         # KID keeps lists of tensors and gathers them element by element: ranks must hold the same
         # number of tensors, so each list becomes one (possibly empty) tensor before syncing.
+        if self.kid is None:
+            return
         for name in ("real_features", "fake_features"):
             parts = getattr(self.kid, name)
             empty = torch.zeros(0, self.num_features, dtype=torch.float64, device=self.fid.device)
@@ -109,14 +126,38 @@ def extract_features(extractor: nn.Module, batches: Iterable[torch.Tensor], devi
     return torch.cat(parts)
 
 
-def cached_features(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Features stored at ``path`` (``.pt``), computed and written atomically on the first call."""
+def feature_statistics(extractor: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
+                       progress: bool = True, total: int | None = None) -> dict[str, torch.Tensor]:
+    """Float64 feature sum (D,), sum of outer products (D, D) and count of uint8 image batches,
+    accumulated batch by batch (memory does not grow with the number of images)."""
+    from tqdm.auto import tqdm
+
+    extractor = extractor.to(device).eval()
+    total_sum = cov_sum = None
+    count = 0
+    with torch.no_grad():
+        for batch in tqdm(batches, total=total, desc="features", unit="batch", disable=not progress):
+            features = extractor(batch.to(device)).double()
+            if total_sum is None:
+                total_sum = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
+                cov_sum = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64, device=features.device)
+            total_sum += features.sum(0)
+            cov_sum += features.T @ features
+            count += len(features)
+    if total_sum is None:
+        raise ValueError("no images to extract features from")
+    return {"sum": total_sum.cpu(), "cov_sum": cov_sum.cpu(), "count": torch.tensor(count)}
+
+
+def cached_features(path: Path, compute: Callable[[], torch.Tensor | dict], key: str = "features"):
+    """The tensor (or dict of tensors) stored at ``path`` (``.pt``) under ``key``, computed and
+    written atomically on the first call."""
     path = Path(path)
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)["features"]
-    features = compute()
+        return torch.load(path, map_location="cpu", weights_only=True)[key]
+    value = compute()
     buffer = io.BytesIO()
-    torch.save({"features": features}, buffer)
+    torch.save({key: value}, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
-    return features
+    return value

@@ -93,6 +93,36 @@ class _TorchFidelityInception(nn.Module):
         return self.network(images).reshape(len(images), -1)
 
 
+class _TorchFidelityInceptionLogits(nn.Module):
+    """The same network's ImageNet head without its bias ("logits_unbiased"), as torch-fidelity's IS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+            self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["logits_unbiased"])
+        except (ImportError, ModuleNotFoundError, RuntimeError) as error:
+            raise RuntimeError("the Inception Score needs torch-fidelity's Inception (pip install torch-fidelity; "
+                               "it downloads the weights on first use)") from error
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        return self.network(images).reshape(len(images), -1)
+
+
+def load_inception_logits(backend: str) -> nn.Module:
+    """uint8 images -> (N, 1008) Inception logits for the Inception Score. Only torch-fidelity's
+    network carries its classifier head; the fid-helper file ends at the pool features."""
+    if backend == "torch-fidelity":
+        return _TorchFidelityInceptionLogits()
+    raise ValueError(
+        f"eval.metrics=[is] needs the Inception's classifier head, which eval.backend={backend!r} does not carry "
+        "(the fid-helper TorchScript ends at the 2048 pool features): use eval.backend=torch-fidelity (downloads "
+        "its weights once), or, for class-conditional data, eval.metrics=[classifier_is] with "
+        "eval.classifier=<file from scripts/train_classifier.py>")
+
+
 def load_feature_extractor(backend: str) -> nn.Module:
     """An extractor by backend name or TorchScript path (see the module docstring)."""
     if backend == "fid-helper":

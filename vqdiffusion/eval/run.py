@@ -1,7 +1,14 @@
-"""Metrics of a sample folder written by ``sample.py``: FID/KID against a dataset split, and the
-shapes faithfulness for shapes prompts. Writes ``metrics.json`` (values, protocol, settings).
+"""Metrics of a sample folder written by ``sample.py``. Writes ``metrics.json`` (values, protocol,
+settings).
 
-    python sample.py checkpoint=RUN class_labels=[0,1,2] n=100 data=fashion_mnist eval.metrics=[fid,kid]
+- ``fid``, ``kid``: against ``eval.reference_count`` images of ``data``'s ``eval.reference_split``;
+- ``is``: Inception Score from the Inception's ImageNet head (``eval.backend=torch-fidelity``);
+- ``clip``: CLIP score of each image against its prompt (``eval.clip_model``);
+- ``shapes``: faithfulness of shapes-dataset samples to their prompts;
+- ``class_accuracy``, ``classifier_is``: class-conditional samples scored by a domain classifier
+  (``eval.classifier``, from ``scripts/train_classifier.py``).
+
+    python sample.py checkpoint=RUN prompts_from=val n=100 data=fashion_mnist eval.metrics=[fid,kid]
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from ..utils.atomic import atomic_write_bytes
-from .distribution import DistributionMetrics, cache_key, cached_features, extract_features
+from .distribution import DistributionMetrics, cache_key, cached_features, extract_features, feature_statistics
 from .features import load_feature_extractor
 
 log = logging.getLogger(__name__)
-METRICS = ("fid", "kid", "shapes", "clip")
+METRICS = ("fid", "kid", "is", "clip", "shapes", "class_accuracy", "classifier_is")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -37,9 +44,6 @@ def batch_count(images: int) -> int:
 
 def dataset_batches(dataset, count: int, batch_size: int = BATCH):
     """uint8 batches of the first ``count`` images of a dataset (its order is fixed)."""
-    if len(dataset) < count:
-        raise ValueError(f"the reference split holds {len(dataset)} images, fewer than the {count} asked for "
-                         "(set eval.reference_count)")
     for start in range(0, count, batch_size):
         yield to_uint8(torch.stack([dataset[i]["image"] for i in range(start, min(count, start + batch_size))]))
 
@@ -72,12 +76,18 @@ def evaluate_folder(cfg: DictConfig, out: Path, items: list[dict], extra: dict |
     if unknown:
         raise ValueError(f"unknown eval.metrics {unknown}; expected any of {list(METRICS)}")
     result: dict = {"num_images": len(items), **(extra or {})}
+    if cfg.eval.get("protocol"):
+        result["protocol_name"] = str(cfg.eval.protocol)
     if "shapes" in wanted:
         result.update(_shapes_faithfulness(out, items))  # cheap: every rank scores all images
     if "fid" in wanted or "kid" in wanted:
-        result.update(_distribution(cfg, out, items, device, rank, world))
+        result.update(_distribution(cfg, out, items, device, rank, world, kid="kid" in wanted))
+    if "is" in wanted:
+        result.update(_inception_score(cfg, out, items, device, rank, world))
     if "clip" in wanted:
         result.update(_clip_score(cfg, out, items, device, rank, world))
+    if "class_accuracy" in wanted or "classifier_is" in wanted:
+        result.update(_classifier_metrics(cfg, out, items, device, rank, world, wanted))
     if rank == 0:
         atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
@@ -105,30 +115,97 @@ def _clip_score(cfg: DictConfig, out: Path, items: list[dict], device, rank: int
     return {"clip_score": float(metric.compute()), "clip_model": str(cfg.eval.clip_model)}
 
 
-def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: int, world: int) -> dict:
+def reference_count(setting, generated: int, available: int) -> int:
+    """``eval.reference_count``: a number, ``all`` (the whole split) or null (as many as generated)."""
+    if setting in (None, "null"):
+        count = generated
+    elif str(setting) == "all":
+        count = available
+    elif isinstance(setting, int) and setting > 0:
+        count = setting
+    else:
+        raise ValueError(f"eval.reference_count must be a positive integer, 'all' or null, got {setting!r}")
+    if count > available:
+        raise ValueError(f"the reference split holds {available} images, fewer than the {count} asked for "
+                         "(set eval.reference_count to a smaller number or to all)")
+    return count
+
+
+def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: int, world: int, kid: bool) -> dict:
     from ..data.datamodule import split_dataset
 
     ev = cfg.eval
     dataset = split_dataset(cfg, ev.reference_split, "eval.metrics fid/kid compare the samples with a dataset "
                             "split (eval.reference_split=train|val)")
-    count = int(ev.reference_count or len(items))
+    count = reference_count(ev.reference_count, len(items), len(dataset))
     resolution = tuple(dataset[0]["image"].shape[-2:])
     extractor = load_feature_extractor(ev.backend)
+    # KID needs the reference features; FID alone needs only their sums (constant size on disk)
+    kind = "features" if kid else "statistics"
     key = cache_key(dataset=type(dataset).__name__, split=ev.reference_split, resolution=f"{resolution[0]}x"
                     f"{resolution[1]}", count=count, backend=Path(ev.backend).name)
-    cache = Path(ev.cache_dir).expanduser() / f"{key}.pt"
+    cache = Path(ev.cache_dir).expanduser() / (f"{key}.pt" if kid else f"{key}-statistics.pt")
     if rank == 0:  # the reference is computed (or read) once, by rank 0, and enters its states only
-        reference = cached_features(cache, lambda: extract_features(
-            extractor, dataset_batches(dataset, count), device, total=batch_count(count)))
+        compute = extract_features if kid else feature_statistics
+        reference = cached_features(cache, lambda: compute(
+            extractor, dataset_batches(dataset, count), device, total=batch_count(count)), key=kind)
     mine = items[rank::world]
     generated = extract_features(extractor, folder_batches(out, mine), device, total=batch_count(len(mine)))
     metrics = DistributionMetrics(generated.shape[1], kid_subsets=ev.kid_subsets,
-                                  kid_subset_size=ev.kid_subset_size).to(device)
+                                  kid_subset_size=ev.kid_subset_size, kid=kid).to(device)
     if rank == 0:
-        metrics.update(reference.to(device), real=True)
+        if kid:
+            metrics.update(reference.to(device), real=True)
+        else:
+            metrics.add_reference_statistics(reference)
     metrics.update(generated.to(device), real=False)
     values = metrics.compute()  # torchmetrics gathers every rank's states here
     values["protocol"] = {"reference": f"{type(dataset).__name__} {ev.reference_split}", "reference_count": count,
                           "reference_resolution": list(resolution), "backend": ev.backend,
                           "reference_cache": str(cache)}
     return values
+
+
+@torch.no_grad()
+def _inception_score(cfg: DictConfig, out: Path, items: list[dict], device, rank: int, world: int) -> dict:
+    from .class_metrics import InceptionScore
+    from .features import load_inception_logits
+
+    network = load_inception_logits(cfg.eval.backend).to(device).eval()
+    metric = InceptionScore(splits=int(cfg.eval.get("is_splits", 10))).to(device)
+    for batch in folder_batches(out, items[rank::world]):
+        metric.update(network(batch.to(device)))
+    value = metric.compute()
+    return {"is": value["mean"], "is_std": value["std"], "is_splits": metric.splits}
+
+
+@torch.no_grad()
+def _classifier_metrics(cfg: DictConfig, out: Path, items: list[dict], device, rank: int, world: int,
+                        wanted: list[str]) -> dict:
+    from .class_metrics import ClassAccuracy, InceptionScore
+    from .classifier import load_classifier
+
+    if not cfg.eval.get("classifier"):
+        raise ValueError("eval.metrics class_accuracy/classifier_is need eval.classifier=<TorchScript classifier>; "
+                         "train one with `python scripts/train_classifier.py data=<name> out=<file>`")
+    if "class_accuracy" in wanted and (not items or "class_label" not in items[0]):
+        raise ValueError("eval.metrics=[class_accuracy] scores class-conditional samples: this job has no classes")
+    network, info = load_classifier(cfg.eval.classifier, device)
+    logits = [network(load_pngs(out, batch).to(device)).float() for batch in item_batches(items[rank::world])]
+    classes = info.num_classes or (logits[0].shape[1] if logits else 0)
+    if not classes:
+        raise ValueError(f"{cfg.eval.classifier}: the file names no classes and this rank has no images")
+    accuracy = ClassAccuracy(classes).to(device)
+    inception = InceptionScore(splits=int(cfg.eval.get("is_splits", 10))).to(device)
+    for batch, batch_logits in zip(item_batches(items[rank::world]), logits):
+        if "class_accuracy" in wanted:
+            accuracy.update(batch_logits, torch.tensor([item["class_label"] for item in batch]))
+        inception.update(batch_logits)
+    result: dict = {"classifier": str(cfg.eval.classifier), "classifier_val_accuracy": info.val_accuracy}
+    if "class_accuracy" in wanted:
+        value = accuracy.compute()
+        result.update(class_accuracy=value["accuracy"], class_accuracy_per_class=value["per_class"])
+    if "classifier_is" in wanted:
+        value = inception.compute()
+        result.update(classifier_is=value["mean"], classifier_is_std=value["std"])
+    return result

@@ -1,9 +1,10 @@
 """One table and a few plots for a sweep: every ``metrics.json`` under a folder becomes a row.
 
 Written into the sweep folder: ``summary.csv``, ``summary.md`` and, where the swept settings and
-the metrics allow, ``fid_vs_steps.png``, ``fid_vs_clip.png`` (across guidance scales) and
-``speed_vs_quality.png``. A Hydra multirun of ``sample.py`` calls it at the end (the
-``SweepSummary`` callback); ``python scripts/summarize.py DIR`` rebuilds it from any folder.
+the metrics allow, ``<metric>_vs_steps.png`` for every quality metric, ``fid_vs_clip_score.png``
+or ``fid_vs_class_accuracy.png`` (across guidance scales) and ``speed_vs_quality.png``. A Hydra
+multirun of ``sample.py`` calls it at the end (the ``SweepSummary`` callback);
+``python scripts/summarize.py DIR`` rebuilds it from any folder.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
-SETTINGS = ("sampler", "num_inference_steps", "guidance_scale", "truncation_rate", "batch_size", "dtype")
-QUALITY = ("fid", "kid", "shapes_faithfulness", "clip_score")
+SETTINGS = ("sampler", "num_inference_steps", "guidance_scale", "truncation_rate", "batch_size", "dtype", "speed")
+QUALITY = ("fid", "kid", "is", "shapes_faithfulness", "clip_score", "class_accuracy", "classifier_is")
+# metrics that guidance trades against FID: plotted against it across guidance scales
+FIDELITY = ("clip_score", "class_accuracy", "shapes_faithfulness")
 
 
 def collect(folder: Path) -> list[dict]:
@@ -38,7 +41,7 @@ def summarize(folder: str | Path) -> list[Path]:
     if not rows:
         raise FileNotFoundError(f"no metrics.json under {folder}: run sample.py with eval.metrics=[...] first")
     columns = ["run"] + [c for c in SETTINGS if any(c in r for r in rows)]
-    columns += [c for c in QUALITY + ("kid_std", "images_per_second", "num_images", "device")
+    columns += [c for c in QUALITY + ("kid_std", "is_std", "images_per_second", "num_images", "device")
                 if any(c in r for r in rows)]
     written = [folder / "summary.csv", folder / "summary.md"]
     with open(written[0], "w", newline="") as f:
@@ -75,13 +78,19 @@ def _plots(folder: Path, rows: list[dict]) -> list[Path]:
         return []
     written = []
 
-    def plot(x: str, y: str, name: str, group: str | None) -> None:
+    def plot(x: str, y: str, name: str, group: str | None, along: str | None = None) -> None:
+        """y against x, one line per value of ``group``; with ``along`` the points are joined in
+        the order of that setting (e.g. the guidance scale) and labelled with it."""
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         keys = sorted({r.get(group) for r in rows}, key=str) if group else [None]
         for key in keys:
-            points = sorted((r[x], r[y]) for r in rows if x in r and y in r and (group is None or r.get(group) == key))
-            if points:
-                ax.plot(*zip(*points), marker="o", label=f"{group}={key}" if group else None)
+            chosen = [r for r in rows if x in r and y in r and (group is None or r.get(group) == key)]
+            chosen.sort(key=lambda r: (r.get(along, 0), r[x]) if along else (r[x], r[y]))
+            if chosen:
+                ax.plot([r[x] for r in chosen], [r[y] for r in chosen], marker="o",
+                        label=f"{group}={key}" if group else None)
+            for r in chosen if along else []:
+                ax.annotate(f"{r.get(along):g}", (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(y.replace("_", " "))
         if x == "num_inference_steps":
@@ -95,9 +104,11 @@ def _plots(folder: Path, rows: list[dict]) -> list[Path]:
         written.append(folder / name)
 
     if len({r.get("num_inference_steps") for r in rows}) > 1:
-        plot("num_inference_steps", quality, f"{quality}_vs_steps.png", "sampler")
-    if "clip_score" in rows[0] and quality != "clip_score" and len({r.get("guidance_scale") for r in rows}) > 1:
-        plot("clip_score", quality, f"{quality}_vs_clip.png", None)
+        for metric in (m for m in QUALITY if all(m in r for r in rows)):
+            plot("num_inference_steps", metric, f"{metric}_vs_steps.png", "sampler")
+    if len({r.get("guidance_scale") for r in rows}) > 1:
+        for fidelity in (m for m in FIDELITY if m != quality and all(m in r for r in rows)):
+            plot(fidelity, quality, f"{quality}_vs_{fidelity}.png", None, along="guidance_scale")
     if all("images_per_second" in r for r in rows):
         plot("images_per_second", quality, "speed_vs_quality.png", "sampler")
     return written
