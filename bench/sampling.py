@@ -4,10 +4,14 @@ ITHQ size (36 layers, width 1408 = 16 heads x 88, 32x32 tokens, 4096 codes, CLIP
 encoder, the ITHQ VQ-VAE layout), random weights shared by both pipelines, guidance 5,
 truncation 0.86. Each configuration is timed end to end (prompt encoding, every step, decoding)
 at two step counts; the difference gives the cost of one step and the rest the fixed cost, so a
-100-step run costs ``fixed + 100 * step``. Warm-up excluded, CUDA-synchronised wall time, median
-of ``--reps`` repetitions.
+100-step run costs ``fixed + 100 * step``. Warm-up excluded (compilation included there), CUDA
+events, median of ``--reps`` repetitions.
 
-    python bench/sampling.py --batch 1 32 --out results.json
+Variants of this project's pipeline (``--variants``; see ``VARIANTS``): the dtype, and which of
+``VQDiffusionPipeline.optimize``'s speed-ups are on (fused q/k/v + cached cross-attention K/V,
+the SDPA kernel, torch.compile, CUDA graphs, FP8 matmuls).
+
+    python bench/sampling.py --batch 1 32 --variants bf16 bf16-fused bf16-compiled fp8-compiled --out r.json
 
 Needs a CUDA GPU and diffusers (``../shared/tools/device-wheels`` fetches its wheel).
 """
@@ -41,6 +45,19 @@ ITHQ_VQVAE = dict(
     up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3, norm_num_groups=32, sample_size=256,
 )
 PROMPT = "a teddy bear playing in the pool"
+BF16, FP16 = torch.bfloat16, torch.float16
+FAST = dict(fuse_qkv=True, cache_context=True)
+VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
+    "bf16": (BF16, None),
+    "fp16": (FP16, None),
+    "bf16-fused": (BF16, FAST),
+    "bf16-fused-cudnn": (BF16, {**FAST, "attention": "cudnn"}),
+    "bf16-fused-flash": (BF16, {**FAST, "attention": "flash"}),
+    "bf16-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True}),
+    "bf16-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead"}),
+    "fp8-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True}),
+    "fp8-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead", "fp8": True}),
+}
 
 
 def flops_per_step(batch: int, guidance: bool) -> float:
@@ -72,7 +89,7 @@ def matmul_peak() -> float:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def build(dtype_ours: list[torch.dtype], device: str, layers: int):
+def build(variants: list[str], device: str, layers: int):
     from diffusers import Transformer2DModel, VQDiffusionScheduler, VQModel
     from diffusers import VQDiffusionPipeline as Reference
     from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
@@ -94,7 +111,8 @@ def build(dtype_ours: list[torch.dtype], device: str, layers: int):
                           scheduler=VQDiffusionScheduler(num_vec_classes=4097),
                           learned_classifier_free_sampling_embeddings=null)
     ours = {}
-    for dtype in dtype_ours:
+    for name in variants:
+        dtype, speedups = VARIANTS[name] if device == "cuda" else (torch.float32, None)
         with torch.device(device):
             our_transformer = VQDiffusionTransformer(transformer_config_from_diffusers(dict(transformer.config)))
             our_vqvae = VQVAE(vqvae_config_from_diffusers(dict(vqvae.config)))
@@ -106,7 +124,8 @@ def build(dtype_ours: list[torch.dtype], device: str, layers: int):
         pipe = VQDiffusionPipeline(our_vqvae.eval(), our_transformer.eval(), NoiseSchedule(4096),
                                    text_encoder=text, null_embedding=our_null)
         pipe.progress = False
-        ours[dtype] = pipe.to(device, dtype)
+        pipe.to(device, dtype)
+        ours[name] = pipe.optimize(**speedups) if speedups else pipe
     reference.to(device, torch.float16 if device == "cuda" else torch.float32)
     reference.set_progress_bar_config(disable=True)
     return reference, ours
@@ -118,14 +137,20 @@ def synchronize() -> None:
 
 
 def time_call(run, reps: int) -> float:
-    run()  # warm-up
+    run()  # warm-up (and compilation)
     times = []
     for _ in range(reps):
-        synchronize()
-        start = time.perf_counter()
-        run()
-        synchronize()
-        times.append(time.perf_counter() - start)
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - begin)
     return statistics.median(times)
 
 
@@ -150,19 +175,24 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--layers", type=int, default=36, help="fewer for a smoke test; FLOPs assume 36")
+    parser.add_argument("--variants", nargs="+", default=["bf16", "bf16-fused", "bf16-compiled"],
+                        choices=sorted(VARIANTS))
     args = parser.parse_args()
 
     import diffusers
 
     peak = matmul_peak() if args.device == "cuda" else float("nan")
-    dtypes = [torch.bfloat16, torch.float16] if args.device == "cuda" else [torch.float32]
-    reference, ours = build(dtypes, args.device, args.layers)
+    reference, ours = build(args.variants, args.device, args.layers)
     rows = []
     for batch in args.batch:
         entries = [("diffusers fp16", reference, {})]
-        entries += [(f"vqdiffusion {str(d).split('.')[-1]}", p, {}) for d, p in ours.items()]
+        entries += [(f"vqdiffusion {name}", p, {}) for name, p in ours.items()]
         for name, pipe, extra in entries:
-            result = measure(pipe, batch, tuple(args.steps), args.reps, args.device, **extra)
+            try:
+                result = measure(pipe, batch, tuple(args.steps), args.reps, args.device, **extra)
+            except Exception as error:  # noqa: BLE001 - one failing variant must not hide the others
+                print(f"{name:>18} b={batch:<3} failed: {type(error).__name__}: {str(error)[:400]}", flush=True)
+                continue
             rows.append({"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak})
             print(f"{name:>18} b={batch:<3} {result['ms_per_step']:8.1f} ms/step  "
                   f"{result['images_per_s']:6.3f} img/s  {result['tflops']:6.0f} TFLOP/s", flush=True)

@@ -23,9 +23,20 @@ from .models.transformer import VQDiffusionTransformer
 from .models.vqvae import VQVAE
 from .utils.images import to_pil
 
-__all__ = ["VQDiffusionPipeline", "ImagePipelineOutput"]
+__all__ = ["VQDiffusionPipeline", "ImagePipelineOutput", "SpeedSettings"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+
+
+@dataclass
+class SpeedSettings:
+    """What :meth:`VQDiffusionPipeline.optimize` turned on."""
+
+    fuse_qkv: bool = False
+    cache_context: bool = False
+    attention: str = "auto"
+    fp8: bool = False
+    compile: str | None = None
 
 
 @dataclass
@@ -74,6 +85,8 @@ class VQDiffusionPipeline:
         self.text_encoder, self.null_embedding = text_encoder, null_embedding
         self.sampler = make_sampler(sampler)
         self.progress = True
+        self.speed = SpeedSettings()
+        self._network = transformer  # what the denoiser calls: the transformer, or its compiled form
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -108,6 +121,38 @@ class VQDiffusionPipeline:
         self.schedule.to(device=device)
         return self
 
+    def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, attention: str = "auto",
+                 fp8: bool = False, compile: bool | str = False) -> VQDiffusionPipeline:
+        """Inference speed-ups, in place (the pipeline is for sampling afterwards). Returns self.
+
+        Args:
+            fuse_qkv: one matmul for each self-attention's q, k and v.
+            cache_context: cross-attention keys and values computed once per call, not per step.
+            attention: the SDPA kernel tried first: ``auto`` (PyTorch's order), ``cudnn``,
+                ``flash``, ``efficient`` or ``math``.
+            fp8: the blocks' per-token linears as FP8 matmuls (:class:`~.models.fast.Float8Linear`;
+                H100/H200 tensor cores; needs a bfloat16 pipeline).
+            compile: ``torch.compile`` the transformer: True, or a mode such as
+                ``"max-autotune-no-cudagraphs"`` or ``"reduce-overhead"`` (CUDA graphs; for batch 1).
+        """
+        from .models.fast import ATTENTION_BACKENDS, to_float8
+
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        if fp8 and self.dtype != torch.bfloat16:
+            raise ValueError(f"fp8 needs a bfloat16 pipeline (pipe.to(dtype=torch.bfloat16)), this one is {self.dtype}")
+        self.transformer.eval().requires_grad_(False)
+        if fuse_qkv:
+            self.transformer.fuse_qkv()
+        if fp8 and not self.speed.fp8:
+            to_float8(self.transformer)
+        mode = None if compile is False else ("default" if compile is True else str(compile))
+        if mode is not None:
+            self._network = torch.compile(self.transformer, mode=None if mode == "default" else mode, dynamic=False)
+        self.speed = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context, attention=attention,
+                                   fp8=fp8 or self.speed.fp8, compile=mode)
+        return self
+
     # ------------------------------------------------------------------ conditions
     def _conditions(
         self,
@@ -140,11 +185,15 @@ class VQDiffusionPipeline:
         self, conditions: dict[str, torch.Tensor], guidance_scale: float, guidance: bool
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The closure samplers call: (x_t (B, N), paper t (B,)) -> guided log p(x0) (B, K, N)."""
+        network = self._network
+        if self.speed.cache_context and "context" in conditions:  # the text is the same at every step
+            conditions = {**conditions, "context_kv": self.transformer.context_keys_values(conditions["context"])}
+            del conditions["context"]
 
         def log_p_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if not guidance:
-                return self.transformer(x_t, model_timestep(t), **conditions)
-            both = self.transformer(torch.cat([x_t, x_t]), model_timestep(torch.cat([t, t])), **conditions)
+                return network(x_t, model_timestep(t), **conditions)
+            both = network(torch.cat([x_t, x_t]), model_timestep(torch.cat([t, t])), **conditions)
             log_p_uncond, log_p_cond = both.chunk(2)
             return classifier_free_guidance(log_p_uncond, log_p_cond, guidance_scale)
 
@@ -220,17 +269,20 @@ class VQDiffusionPipeline:
             edit_tokens = self.encode_images(edit_image)
         edit = self._edit_spec(edit_tokens, edit_start_step, keep_mask, batch)
         progress = _Progress(callback, callback_steps, self.progress, num_inference_steps)
-        tokens = chosen(
-            self.denoiser(conditions, guidance_scale, guidance),
-            self.schedule,
-            x_t,
-            num_inference_steps=num_inference_steps,
-            truncation_rate=truncation_rate,
-            generator=generator,
-            callback=progress,
-            callback_steps=1,
-            edit=edit,
-        )
+        from .models.fast import attention_backend
+
+        with attention_backend(self.speed.attention):
+            tokens = chosen(
+                self.denoiser(conditions, guidance_scale, guidance),
+                self.schedule,
+                x_t,
+                num_inference_steps=num_inference_steps,
+                truncation_rate=truncation_rate,
+                generator=generator,
+                callback=progress,
+                callback_steps=1,
+                edit=edit,
+            )
         progress.close()
         images = self.decode(tokens, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)

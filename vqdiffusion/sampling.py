@@ -140,12 +140,16 @@ def sample(cfg: DictConfig) -> Path:
     if rank == 0:
         atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype)
+    speed = _speed_settings(cfg)
+    if speed:
+        pipe.optimize(**speed)
     items = job_items(cfg, pipe)
     mine = items[rank::world]
     todo = [item for item in mine if not (out / f"{item['index']:06d}.png").exists()]
     log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
     settings = {"sampler": cfg.sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
-                "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate}
+                "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
+                **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
     from tqdm.auto import tqdm
 
     batch_size = int(cfg.get("batch_size", 1))
@@ -176,6 +180,16 @@ def sample(cfg: DictConfig) -> Path:
             "device": name, "world_size": world}, device=pipe.device, rank=rank, world=world)
         log.info("metrics: %s", {k: v for k, v in result.items() if isinstance(v, float)})
     return out
+
+
+def _speed_settings(cfg: DictConfig) -> dict:
+    """The ``speed`` options that differ from "as loaded" (empty: no optimisation)."""
+    options = OmegaConf.to_container(cfg.get("speed") or {}, resolve=True)
+    off = {"fuse_qkv": False, "cache_context": False, "attention": "auto", "compile": False, "fp8": False}
+    unknown = sorted(set(options) - set(off))
+    if unknown:
+        raise ValueError(f"unknown speed options {unknown}; expected {sorted(off)}")
+    return options if any(options[k] != off[k] for k in options) else {}
 
 
 def _all_ranks(drawn: int, seconds: float, world: int) -> tuple[int, float]:

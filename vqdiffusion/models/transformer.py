@@ -79,7 +79,12 @@ class AdaLayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention through PyTorch SDPA (flash / cuDNN / memory-efficient kernels)."""
+    """Multi-head attention through PyTorch SDPA (flash / cuDNN / memory-efficient kernels).
+
+    For inference, :meth:`fuse_qkv` makes self-attention one (D -> 3D) matmul instead of three,
+    and cross-attention can take its keys and values precomputed (:meth:`keys_values`), since the
+    text does not change across the steps of a sampling run.
+    """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None, bias: bool) -> None:
         super().__init__()
@@ -90,18 +95,65 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(kv_dim, inner, bias=bias)
         self.to_v = nn.Linear(kv_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+        self.to_qkv: nn.Module | None = None  # set by fuse_qkv (inference only; not saved)
+        self._register_state_dict_hook(_drop_fused_keys)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, D), context (B, L, C) or None for self-attention -> (B, N, D)."""
-        context = x if context is None else context
-        batch = x.shape[0]
-        q, k, v = (
-            proj(src).view(batch, -1, self.heads, proj.out_features // self.heads).transpose(1, 2)
-            for proj, src in ((self.to_q, x), (self.to_k, context), (self.to_v, context))
-        )  # (B, H, N|L, d)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, H * d) -> (B, H, L, d)."""
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of ``context`` (B, L, C): two (B, H, L, d)."""
+        return self._heads(self.to_k(context)), self._heads(self.to_v(context))
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """One (D -> 3 * inner) projection for self-attention; ``to_q/k/v`` become views of it, so
+        the saved weights and their names do not change. For inference: the module is frozen."""
+        if self.to_qkv is not None:
+            return
+        projections = (self.to_q, self.to_k, self.to_v)
+        fused = nn.Linear(self.to_q.in_features, 3 * self.to_q.out_features, bias=self.to_q.bias is not None,
+                          device=self.to_q.weight.device, dtype=self.to_q.weight.dtype)
+        fused.weight.copy_(torch.cat([p.weight for p in projections]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in projections]))
+        for index, projection in enumerate(projections):
+            rows = slice(index * projection.out_features, (index + 1) * projection.out_features)
+            projection.weight = nn.Parameter(fused.weight[rows], requires_grad=False)
+            if projection.bias is not None:
+                projection.bias = nn.Parameter(fused.bias[rows], requires_grad=False)
+        self.to_qkv = fused.requires_grad_(False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, N, D); context (B, L, C), or its precomputed ``keys_values``, or neither for
+        self-attention -> (B, N, D)."""
+        if keys_values is not None:
+            q, (k, v) = self._heads(self.to_q(x)), keys_values
+        elif context is None and self.to_qkv is not None and not self.training:
+            q, k, v = self._fused_heads(x)
+        else:
+            source = x if context is None else context
+            q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(source)), self._heads(self.to_v(source))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
-        out = out.transpose(1, 2).reshape(batch, -1, q.shape[1] * q.shape[3])
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out[0](out)
+
+    def _fused_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        qkv = self.to_qkv(x).view(x.shape[0], x.shape[1], 3, self.heads, -1)  # (B, N, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+        return q, k, v
+
+
+def _drop_fused_keys(module, state_dict, prefix, local_metadata) -> None:
+    # the fused projection is a view of to_q/k/v: saved weights keep diffusers' names only
+    for key in [k for k in state_dict if k.startswith(prefix + "to_qkv.")]:
+        del state_dict[key]
 
 
 class GatedOrPlainProjection(nn.Module):
@@ -157,10 +209,11 @@ class TransformerBlock(nn.Module):
         timestep: torch.Tensor,
         context: torch.Tensor | None,
         extra: torch.Tensor | None,
+        keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         x = x + self.dropout(self.attn1(self.norm1(x, timestep, extra)))
         if self.has_cross_attention:
-            x = x + self.dropout(self.attn2(self.norm2(x, timestep, extra), context))
+            x = x + self.dropout(self.attn2(self.norm2(x, timestep, extra), context, keys_values))
         return x + self.dropout(self.ff(self.norm3(x)))
 
 
@@ -201,12 +254,27 @@ class VQDiffusionTransformer(nn.Module):
     def null_class(self) -> int | None:
         return self.config.num_classes
 
+    def context_keys_values(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every block's cross-attention keys and values of ``context`` (B, L, C), to pass as
+        ``forward(..., context_kv=...)`` at each step of a sampling run (the text is fixed)."""
+        if self.config.context_dim is None:
+            raise ValueError("this transformer has no cross-attention")
+        return [block.attn2.keys_values(context) for block in self.transformer_blocks]
+
+    def fuse_qkv(self) -> VQDiffusionTransformer:
+        """Fuse every self-attention's q/k/v projections (inference; see ``Attention.fuse_qkv``)."""
+        self.eval().requires_grad_(False)
+        for block in self.transformer_blocks:
+            block.attn1.fuse_qkv()
+        return self
+
     def forward(
         self,
         x_t: torch.Tensor,
         timestep: torch.Tensor | int,
         context: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
+        context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """Log-probabilities of the clean codes.
 
@@ -215,6 +283,8 @@ class VQDiffusionTransformer(nn.Module):
             timestep: (B,) or scalar long, model timesteps ``0..T-1`` (paper t - 1).
             context: (B, L, context_dim) text embeddings, for cross-attention models.
             class_labels: (B,) long in ``0..C`` (C = null class), for class-conditional models.
+            context_kv: instead of ``context``, its per-block keys and values
+                (:meth:`context_keys_values`).
         Returns:
             (B, K, N) float32 log p(x0 | x_t).
         """
@@ -227,14 +297,15 @@ class VQDiffusionTransformer(nn.Module):
             if class_labels is None:
                 raise ValueError("this transformer is class-conditional: pass class_labels (B,)")
             extra = self.class_embedding(class_labels)  # (B, D)
-        if self.config.context_dim is not None and context is None:
+        if self.config.context_dim is not None and context is None and context_kv is None:
             raise ValueError("this transformer cross-attends to text: pass context (B, L, C)")
 
         h = self.latent_image_embedding(x_t)  # (B, N, D)
-        for block in self.transformer_blocks:
+        for index, block in enumerate(self.transformer_blocks):
+            keys_values = None if context_kv is None else context_kv[index]
             if self.config.gradient_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, timestep, context, extra, use_reentrant=False)
+                h = checkpoint(block, h, timestep, context, extra, keys_values, use_reentrant=False)
             else:
-                h = block(h, timestep, context, extra)
+                h = block(h, timestep, context, extra, keys_values)
         logits = self.out(self.norm_out(h))  # (B, N, K)
         return F.log_softmax(logits.float(), dim=-1).transpose(1, 2)  # (B, K, N)

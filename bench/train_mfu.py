@@ -1,0 +1,145 @@
+"""Diffusion-stage training throughput and MFU at the paper sizes (one GPU, bf16 autocast).
+
+    python bench/train_mfu.py --size ithq --batch 8 16 32 --checkpointing off on --compile
+
+One training step = sample t, q(x_t | x0), the transformer, the full VQ-Diffusion loss (posterior
+KLs over (B, K+1, N)), backward, fused AdamW on float32 master weights. Random tokens and text
+embeddings: the cost does not depend on them. Timed with CUDA events over ``--steps`` steps after
+``--warmup`` (compile included there). MFU = model matmul FLOPs (3x the forward's, counted from
+the shapes; recomputation under checkpointing is not counted as useful work) / time / the bf16
+matmul peak measured in the same process. A batch that does not fit is reported as OOM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from vqdiffusion.diffusion.loss import DiffusionLoss
+from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
+from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
+
+SIZES = {  # SPEC §7: (layers, heads, head dim, codes, text width, text length)
+    "ithq": (36, 16, 88, 4096, 512, 77),
+    "coco": (19, 16, 64, 8192, 512, 77),
+}
+
+
+def forward_flops(size: str, batch: int) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one forward over ``batch`` sequences of 1024 tokens."""
+    layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[size]
+    n, d = 1024, heads * head_dim
+    per_layer = (2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d  # self-attention
+                 + 2 * n * d * d + 2 * 2 * ctx_len * ctx_dim * d + 2 * 2 * n * ctx_len * d + 2 * n * d * d  # cross
+                 + 2 * 2 * n * d * 4 * d)  # MLP
+    return batch * (layers * per_layer + 2 * n * d * codes)
+
+
+def matmul_peak() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / statistics.median(times) / 1e12
+
+
+def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int) -> dict:
+    layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[size]
+    config = TransformerConfig(num_embeds=codes, height=32, width=32, num_layers=layers, num_heads=heads,
+                               head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=checkpointing)
+    torch.manual_seed(0)
+    model = VQDiffusionTransformer(config).cuda()
+    network = torch.compile(model) if compile_ else model
+    schedule = NoiseSchedule(codes).to(device="cuda")
+    loss_fn = DiffusionLoss(schedule).to("cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x0 = torch.randint(0, codes, (batch, 1024), device="cuda")
+    context = torch.randn(batch, ctx_len, ctx_dim, device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context), x0)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    seconds = statistics.median(times)
+    return {"ms_per_step": 1e3 * seconds, "samples_per_s": batch / seconds,
+            "tflops": 3 * forward_flops(size, batch) / seconds / 1e12,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), nargs="+", default=["ithq"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--checkpointing", choices=["off", "on"], nargs="+", default=["off", "on"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    peak = matmul_peak()
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}, torch {torch.__version__}, measured bf16 matmul peak {peak:.0f} TFLOP/s", flush=True)
+    rows = []
+    for size in args.size:
+        for checkpointing in args.checkpointing:
+            for batch in args.batch:
+                row = {"size": size, "batch": batch, "checkpointing": checkpointing, "compile": args.compile}
+                try:
+                    row.update(measure(size, batch, checkpointing == "on", args.compile, args.steps, args.warmup))
+                    row["mfu"] = row["tflops"] / peak
+                    print(f"{size} b={batch} ckpt={checkpointing}: {row['ms_per_step']:.0f} ms, "
+                          f"{row['samples_per_s']:.1f} samples/s, {row['tflops']:.0f} TFLOP/s, "
+                          f"MFU {100 * row['mfu']:.1f}%, {row['peak_memory_gib']:.1f} GiB", flush=True)
+                except torch.OutOfMemoryError:
+                    row["oom"] = True
+                    print(f"{size} b={batch} ckpt={checkpointing}: OOM", flush=True)
+                rows.append(row)
+                torch._dynamo.reset()
+                torch.cuda.empty_cache()
+    print("| size | batch | checkpointing | ms/step | samples/s | TFLOP/s | MFU | peak memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.get("oom"):
+            print(f"| {r['size']} | {r['batch']} | {r['checkpointing']} | OOM | | | | |")
+        else:
+            print(f"| {r['size']} | {r['batch']} | {r['checkpointing']} | {r['ms_per_step']:.0f} | "
+                  f"{r['samples_per_s']:.1f} | {r['tflops']:.0f} | {100 * r['mfu']:.1f}% | "
+                  f"{r['peak_memory_gib']:.1f} GiB |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
+                       "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

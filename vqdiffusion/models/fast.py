@@ -1,0 +1,100 @@
+"""Inference speed-ups of the denoising transformer: FP8 matmuls and the attention kernel choice.
+
+``VQDiffusionPipeline.optimize`` combines them with fused q/k/v projections, cross-attention keys
+and values computed once per call, and ``torch.compile``; ``bench/fast_sampling.py`` measures
+each against diffusers on the same GPU.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+
+__all__ = ["Float8Linear", "to_float8", "attention_backend", "ATTENTION_BACKENDS", "E4M3_MAX"]
+
+E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+
+
+class Float8Linear(nn.Module):
+    """``y = x W^T + b`` with W stored as float8 (e4m3, one scale per output channel) and x
+    quantised on the fly (one scale per row), multiplied by ``torch._scaled_mm`` on FP8 tensor
+    cores (H100/H200) with bf16 output. Under ``torch.compile`` the row scaling and cast of x fuse
+    into one kernel. Row-wise scales keep one outlier token or channel from flattening the rest.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()  # (out, in)
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / E4M3_MAX  # (out, 1)
+        self.register_buffer("weight_fp8", (weight / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out) float32
+        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out) bf16."""
+        rows = x.reshape(-1, self.in_features)
+        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / E4M3_MAX  # (M, 1)
+        quantised = (rows.float() / scale).to(torch.float8_e4m3fn)
+        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
+                               out_dtype=torch.bfloat16)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, float8_e4m3fn"
+
+
+# The per-token matmuls of each block: attention projections and the MLP. AdaLN's (B, D) linears,
+# the embeddings and the output head stay in bf16 (tiny, or where precision shows directly).
+_FP8_NAMES = ("attn1.to_qkv", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q",
+              "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+
+
+def to_float8(transformer: nn.Module) -> int:
+    """Swap the blocks' per-token linears for :class:`Float8Linear` (in place); returns how many.
+    With fused q/k/v only the fused projection is swapped (q/k/v stay as the saved views)."""
+    swapped = 0
+    for block in transformer.transformer_blocks:
+        fused = getattr(block.attn1, "to_qkv", None) is not None
+        for name in _FP8_NAMES:
+            if fused and name in ("attn1.to_q", "attn1.to_k", "attn1.to_v"):
+                continue
+            parent_name, _, child = name.rpartition(".")
+            parent = block.get_submodule(parent_name)
+            linear = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+            if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
+                continue  # FP8 tensor cores need both sizes to be multiples of 16
+            replacement = Float8Linear(linear)
+            if child.isdigit():
+                parent[int(child)] = replacement
+            else:
+                setattr(parent, child, replacement)
+            swapped += 1
+    return swapped
+
+
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+
+
+@contextmanager
+def attention_backend(name: str):
+    """Run SDPA with ``name`` tried first (then the others), or PyTorch's own order for ``auto``.
+    Head dims that are not a multiple of 64 (ITHQ's 88) are where the choice matters most."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {name!r}")
+    if name == "auto":
+        with nullcontext():
+            yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    backends = [order[name]] + [b for key, b in order.items() if key != name]
+    with sdpa_kernel(backends, set_priority=True):
+        yield
