@@ -65,7 +65,10 @@ def to_float8(transformer: nn.Module) -> int:
             if fused and name in ("attn1.to_q", "attn1.to_k", "attn1.to_v"):
                 continue
             parent_name, _, child = name.rpartition(".")
-            parent = block.get_submodule(parent_name)
+            try:
+                parent = block.get_submodule(parent_name)
+            except AttributeError:  # no cross-attention in class-conditional and unconditional models
+                continue
             linear = getattr(parent, child) if not child.isdigit() else parent[int(child)]
             if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
                 continue  # FP8 tensor cores need both sizes to be multiples of 16
