@@ -114,3 +114,21 @@ def test_sample_py_speed_options_keep_the_images_and_are_recorded(tmp_path):
     assert "fuse_qkv=True" in (fast / "samples.jsonl").read_text().splitlines()[0]
     with pytest.raises(ValueError, match=r"unknown speed options \['fp4'\]"):
         run(tmp_path / "bad", "+speed.fp4=true")
+
+
+def test_the_ancestral_update_is_the_posterior_draw_with_the_same_uniforms():
+    """The step math split out for torch.compile equals truncate -> posterior -> Gumbel-max."""
+    from vqdiffusion.diffusion.guidance import truncate
+    from vqdiffusion.diffusion.process import LOG_PROB_FLOOR, gumbel_argmax, q_posterior
+    from vqdiffusion.diffusion.samplers import ancestral_update
+    from vqdiffusion.diffusion.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule(7)
+    generator = torch.Generator().manual_seed(3)
+    log_p = torch.log_softmax(torch.randn(4, 7, 10, generator=generator), dim=1)
+    x_t = torch.randint(0, 8, (4, 10), generator=generator)
+    t, s = torch.tensor([40, 40, 7, 2]), torch.tensor([30, 39, 1, 0])
+    expected = gumbel_argmax(q_posterior(truncate(log_p, 0.8).clamp(min=LOG_PROB_FLOOR), x_t, t, s, schedule),
+                             torch.Generator().manual_seed(9))
+    u = torch.rand(4, 8, 10, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(ancestral_update(log_p, x_t, t, s, schedule, 0.8, u), expected)

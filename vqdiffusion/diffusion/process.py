@@ -17,6 +17,7 @@ __all__ = [
     "log_onehot",
     "gumbel_argmax",
     "gumbel_noise",
+    "gumbel_from_uniform",
     "q_sample",
     "q_posterior",
     "categorical_kl",
@@ -57,10 +58,14 @@ def random_codes(high: int, shape, device: torch.device | str, generator: Genera
     return _per_row(lambda size, g: torch.randint(high, size, device=device, generator=g), shape, generator)
 
 
+def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from U[0, 1) draws (clamped so that 0 and 1 stay finite)."""
+    return -torch.log((-torch.log(u.clamp_min(1e-30))).clamp_min(1e-30))
+
+
 def gumbel_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     """Standard Gumbel noise with the shape and device of ``like`` (float32)."""
-    uniform_ = uniform(like.shape, like.device, generator)
-    return -torch.log((-torch.log(uniform_.clamp_min(1e-30))).clamp_min(1e-30))
+    return gumbel_from_uniform(uniform(like.shape, like.device, generator))
 
 
 def gumbel_argmax(logits: torch.Tensor, generator: Generators = None, dim: int = 1) -> torch.Tensor:

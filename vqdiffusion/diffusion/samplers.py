@@ -14,7 +14,17 @@ import torch
 
 from .guidance import check_truncation_rate, truncate
 from .loss import LogPX0Fn
-from .process import LOG_PROB_FLOOR, Generators, gumbel_argmax, gumbel_noise, q_posterior, q_sample, random_codes
+from .process import (
+    LOG_PROB_FLOOR,
+    Generators,
+    gumbel_argmax,
+    gumbel_from_uniform,
+    gumbel_noise,
+    q_posterior,
+    q_sample,
+    random_codes,
+    uniform,
+)
 from .schedule import NoiseSchedule, model_timestep
 
 __all__ = [
@@ -59,13 +69,41 @@ def sample_prior(
     return q_sample(fake_x0, t, schedule, generator)
 
 
+def _truncated(log_p: torch.Tensor, truncation_rate: float) -> torch.Tensor:
+    """Truncated and clamped float32 log p(x0 | x_t): (B, K, N)."""
+    return truncate(log_p.float(), truncation_rate).clamp(min=LOG_PROB_FLOOR)
+
+
+def ancestral_update(log_p: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                     schedule: NoiseSchedule, truncation_rate: float, u: torch.Tensor) -> torch.Tensor:
+    """The ancestral step after the network: truncation, the posterior over (B, K+1, N) and the
+    Gumbel-max draw from the uniforms ``u`` (B, K+1, N). One function so that ``torch.compile``
+    can fuse its ~20 passes over (B, K+1, N) into a few kernels (the draws stay outside: per-image
+    generators are a Python loop)."""
+    logits = q_posterior(_truncated(log_p, truncation_rate), x_t, t, s, schedule)
+    return (logits + gumbel_from_uniform(u)).argmax(dim=1)
+
+
+_compiled_ancestral_update = None
+
+
+def _compiled_update():
+    global _compiled_ancestral_update
+    if _compiled_ancestral_update is None:
+        _compiled_ancestral_update = torch.compile(ancestral_update, dynamic=False)
+    return _compiled_ancestral_update
+
+
 class Sampler:
     """Shared driver: validation, the (respaced) time grid, editing and callbacks.
 
     Subclasses implement :meth:`step`, one network call taking x_t at paper time t to x_s.
+    ``compile_math=True`` (set per call by ``VQDiffusionPipeline.optimize(compile=...)``) lets a
+    sampler run its step math compiled.
     """
 
     name = "base"
+    compile_math = False
 
     def __call__(
         self,
@@ -103,8 +141,7 @@ class Sampler:
     ) -> torch.Tensor:
         """Guided, truncated and clamped log p(x0 | x_t): (B, K, N)."""
         times = torch.full((x_t.shape[0],), t, device=x_t.device)
-        log_p = truncate(log_p_x0(x_t, times).float(), truncation_rate)
-        return log_p.clamp(min=LOG_PROB_FLOOR)
+        return _truncated(log_p_x0(x_t, times), truncation_rate)
 
     def step(
         self,
@@ -131,10 +168,13 @@ class AncestralSampler(Sampler):
     name = "ancestral"
 
     def step(self, log_p_x0, schedule, x_t, t, s, truncation_rate, generator):
-        log_p = self.predict_x0(log_p_x0, x_t, t, truncation_rate)  # (B, K, N)
         batch = x_t.shape[0]
         t_, s_ = (torch.full((batch,), v, device=x_t.device) for v in (t, s))
-        return gumbel_argmax(q_posterior(log_p, x_t, t_, s_, schedule), generator)
+        log_p = log_p_x0(x_t, t_)  # (B, K, N), guided
+        # the draws come after the network call, as in gumbel_argmax: the same numbers either way
+        u = uniform((batch, schedule.num_codes + 1, x_t.shape[1]), x_t.device, generator)
+        update = _compiled_update() if self.compile_math else ancestral_update
+        return update(log_p, x_t, t_, s_, schedule, truncation_rate, u)
 
 
 class PuritySampler(Sampler):
