@@ -55,7 +55,8 @@ def matmul_peak() -> float:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int) -> dict:
+def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int,
+            compile_loss: bool = False) -> dict:
     layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[size]
     config = TransformerConfig(num_embeds=codes, height=32, width=32, num_layers=layers, num_heads=heads,
                                head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=checkpointing)
@@ -64,6 +65,7 @@ def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: i
     network = torch.compile(model) if compile_ else model
     schedule = NoiseSchedule(codes).to(device="cuda")
     loss_fn = DiffusionLoss(schedule).to("cuda")
+    loss_fn.compile_math = compile_loss  # train.py's diffusion_training.compile=true turns on both
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x0 = torch.randint(0, codes, (batch, 1024), device="cuda")
     context = torch.randn(batch, ctx_len, ctx_dim, device="cuda")
@@ -100,7 +102,8 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), nargs="+", default=["ithq"])
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--checkpointing", choices=["off", "on"], nargs="+", default=["off", "on"])
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    parser.add_argument("--compile-loss", action="store_true", help="torch.compile the loss math after it")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
@@ -113,9 +116,11 @@ def main() -> None:
     for size in args.size:
         for checkpointing in args.checkpointing:
             for batch in args.batch:
-                row = {"size": size, "batch": batch, "checkpointing": checkpointing, "compile": args.compile}
+                row = {"size": size, "batch": batch, "checkpointing": checkpointing, "compile": args.compile,
+                       "compile_loss": args.compile_loss}
                 try:
-                    row.update(measure(size, batch, checkpointing == "on", args.compile, args.steps, args.warmup))
+                    row.update(measure(size, batch, checkpointing == "on", args.compile, args.steps, args.warmup,
+                                       args.compile_loss))
                     row["mfu"] = row["tflops"] / peak
                     print(f"{size} b={batch} ckpt={checkpointing}: {row['ms_per_step']:.0f} ms, "
                           f"{row['samples_per_s']:.1f} samples/s, {row['tflops']:.0f} TFLOP/s, "

@@ -178,3 +178,28 @@ def test_a_guidance_sweep_plots_fid_against_class_accuracy(tmp_path):
             {"sampler": "ancestral", "guidance_scale": scale, "fid": fid, "class_accuracy": accuracy}))
     names = {f.name for f in summarize(tmp_path)}
     assert "fid_vs_class_accuracy.png" in names and "class_accuracy_vs_steps.png" not in names
+
+
+def test_inception_score_of_a_sample_folder_uses_the_backends_head(tmp_path, monkeypatch):
+    """eval.metrics=[is]: logits of every PNG from the backend's classifier head, IS over them."""
+    import vqdiffusion.eval.features as features
+
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(5))
+
+    class StandIn(torch.nn.Module):  # uint8 images -> (N, 5) logits, as torch-fidelity's head
+        def forward(self, images):
+            return head(images.float() / 255)
+
+    monkeypatch.setattr(features, "load_inception_logits", lambda backend: StandIn())
+    tiny_pipeline("class").save_pretrained(tmp_path / "pipe")
+    out = run_class_sample(tmp_path, tmp_path / "s", "eval.metrics=[is]", "eval.backend=torch-fidelity",
+                           "eval.is_splits=3")
+    metrics = json.loads((out / "metrics.json").read_text())
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(out / f"{i:06d}.png").convert("RGB"))
+                                        for i in range(12)])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = inception_score(StandIn()(images), splits=3)
+    assert metrics["is"] == pytest.approx(expected[0], rel=1e-5) and metrics["is_std"] == pytest.approx(
+        expected[1], rel=1e-4, abs=1e-7)
+    assert metrics["is_splits"] == 3

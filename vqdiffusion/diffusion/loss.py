@@ -38,13 +38,60 @@ class LossConfig:
             raise ValueError(f"auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
 
 
+def per_sample_terms(log_p0: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                     schedule: NoiseSchedule, masked_weight: float, unmasked_weight: float,
+                     auxiliary_weight: float, adaptive_auxiliary: bool):
+    """The loss math after the network, per sample: (bound, kl, decoder_nll, weighted aux), each (B,).
+
+    bound is the KL between the true and the model posteriors over (B, K+1, N) at t > 1 and the
+    decoder NLL at t = 1. One function of tensors, so that ``torch.compile`` can fuse its passes.
+
+    Args:
+        log_p0: (B, K, N) the network's log p(x0 | x_t); x0, x_t: (B, N); t: (B,) paper times.
+    """
+    log_p0 = log_p0.float()
+    steps = schedule.num_timesteps
+    log_x0 = log_onehot(x0, schedule.num_codes)  # (B, K, N)
+    s = t - 1
+    log_model = q_posterior(log_p0, x_t, t, s, schedule)  # (B, K+1, N)
+    log_true = q_posterior(log_x0, x_t, t, s, schedule)  # (B, K+1, N)
+    is_mask = x_t == schedule.mask_index
+    weight = torch.where(is_mask, masked_weight, unmasked_weight)  # (B, N)
+
+    kl = (categorical_kl(log_true, log_model) * weight).sum(1)  # (B,)
+    decoder_nll = -(log_model.gather(1, x0[:, None, :]).squeeze(1) * weight).sum(1)  # (B,)
+    is_first = t == 1
+    bound = torch.where(is_first, decoder_nll, kl)  # (B,)
+
+    aux = torch.zeros_like(bound)
+    if auxiliary_weight > 0:
+        kl_aux = (categorical_kl(log_x0, log_p0) * weight).sum(1)  # (B,)
+        aux = torch.where(is_first, decoder_nll, kl_aux)
+        factor = (1 - t / steps) + 1 if adaptive_auxiliary else torch.ones_like(bound)
+        aux = auxiliary_weight * factor * aux
+    return bound, kl, decoder_nll, aux
+
+
+_compiled_per_sample_terms = None
+
+
+def _compiled_terms():
+    global _compiled_per_sample_terms
+    if _compiled_per_sample_terms is None:
+        _compiled_per_sample_terms = torch.compile(per_sample_terms, dynamic=False)
+    return _compiled_per_sample_terms
+
+
 class DiffusionLoss(nn.Module):
     """Samples t and x_t, and returns the per-token loss terms.
 
     The importance-sampling history (``loss_sq_history``, ``loss_count``; one entry per t) is
     module state, so it is saved and restored with checkpoints. Nothing here synchronises with the
     host: the switch from uniform to importance sampling happens on the device.
+    ``compile_math = True`` runs the math after the network under ``torch.compile``.
     """
+
+    compile_math = False
 
     def __init__(self, schedule: NoiseSchedule, config: LossConfig | None = None) -> None:
         super().__init__()
@@ -101,27 +148,12 @@ class DiffusionLoss(nn.Module):
         else:
             p_t = torch.full(t.shape, 1.0 / steps, device=x0.device)
         x_t = q_sample(x0, t, schedule, generator)  # (B, N)
-        log_p0 = log_p_x0(x_t, t).float()  # (B, K, N)
-        log_x0 = log_onehot(x0, schedule.num_codes)  # (B, K, N)
-
-        s = t - 1
-        log_model = q_posterior(log_p0, x_t, t, s, schedule)  # (B, K+1, N)
-        log_true = q_posterior(log_x0, x_t, t, s, schedule)  # (B, K+1, N)
-        is_mask = x_t == schedule.mask_index
-        weight = torch.where(is_mask, cfg.masked_weight, cfg.unmasked_weight)  # (B, N)
-
-        kl = (categorical_kl(log_true, log_model) * weight).sum(1)  # (B,)
-        decoder_nll = -(log_model.gather(1, x0[:, None, :]).squeeze(1) * weight).sum(1)  # (B,)
-        is_first = t == 1
-        bound = torch.where(is_first, decoder_nll, kl)  # (B,)
+        log_p0 = log_p_x0(x_t, t)  # (B, K, N)
+        terms = _compiled_terms() if self.compile_math else per_sample_terms
+        bound, kl, decoder_nll, aux = terms(log_p0, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
+                                            cfg.auxiliary_weight, cfg.adaptive_auxiliary)
         self._update_history(t, bound.detach())
-
-        aux = torch.zeros_like(bound)
-        if cfg.auxiliary_weight > 0:
-            kl_aux = (categorical_kl(log_x0, log_p0) * weight).sum(1)  # (B,)
-            aux = torch.where(is_first, decoder_nll, kl_aux)
-            factor = (1 - t / steps) + 1 if cfg.adaptive_auxiliary else torch.ones_like(bound)
-            aux = cfg.auxiliary_weight * factor * aux
+        is_first = t == 1
 
         norm = batch * tokens
         vb_term = (bound / p_t).sum() / norm

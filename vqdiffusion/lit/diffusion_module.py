@@ -100,6 +100,7 @@ class DiffusionModule(pl.LightningModule):
             # In place (nn.Module.compile): parameter names and checkpoints stay as they are. The
             # EMA copy, used for sampling, stays eager.
             self.transformer.compile()
+            self.loss.compile_math = True  # the (B, K+1, N) posterior and KL math after the network
         if kind == "text":
             self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
 
