@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 
 import torch
+from timing import matmul_peak, median_seconds  # bench/timing.py
 
 from vqdiffusion import VQDiffusionPipeline
 from vqdiffusion.convert.diffusers_format import transformer_config_from_diffusers, vqvae_config_from_diffusers
@@ -72,23 +72,6 @@ def flops_per_step(batch: int, guidance: bool) -> float:
     return per_sequence * batch * (2 if guidance else 1)
 
 
-def matmul_peak() -> float:
-    """Measured bf16 TFLOP/s of an 8192^3 product (random data)."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(10):
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * 8192**3 / statistics.median(times) / 1e12
-
-
 def build(variants: list[str], device: str, layers: int):
     from diffusers import Transformer2DModel, VQDiffusionScheduler, VQModel
     from diffusers import VQDiffusionPipeline as Reference
@@ -131,35 +114,12 @@ def build(variants: list[str], device: str, layers: int):
     return reference, ours
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def time_call(run, reps: int) -> float:
-    run()  # warm-up (and compilation)
-    times = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def measure(pipe, batch: int, steps: tuple[int, int], reps: int, device: str, **kwargs) -> dict:
     def run_with(n):
         return lambda: pipe([PROMPT] * batch, num_inference_steps=n, guidance_scale=5.0, truncation_rate=0.86,
                             generator=torch.Generator(device).manual_seed(0), output_type="np", **kwargs)
 
-    short, long = (time_call(run_with(n), reps) for n in steps)
+    short, long = (median_seconds(run_with(n), reps) for n in steps)  # warm-up compiles
     step = (long - short) / (steps[1] - steps[0])
     fixed = max(short - steps[0] * step, 0.0)
     total = fixed + 100 * step

@@ -12,9 +12,9 @@ the batch), and the same math under ``torch.compile`` with the uniform draws pas
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
+from timing import median_seconds  # bench/timing.py
 
 from vqdiffusion.diffusion.guidance import classifier_free_guidance, truncate
 from vqdiffusion.diffusion.process import LOG_PROB_FLOOR, q_posterior, uniform
@@ -23,17 +23,8 @@ from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
 
 
 def timed(fn, reps: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of ``fn()`` after two warm-up calls."""
+    return 1e3 * median_seconds(fn, reps, warmup=2)
 
 
 def step_math(both, x_t, t, s, schedule, noise_fn, scale=5.0, rate=0.86):

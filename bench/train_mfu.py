@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
+from timing import matmul_peak, median_seconds  # bench/timing.py
 
 from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
@@ -37,22 +37,6 @@ def forward_flops(size: str, batch: int) -> float:
                  + 2 * n * d * d + 2 * 2 * ctx_len * ctx_dim * d + 2 * 2 * n * ctx_len * d + 2 * n * d * d  # cross
                  + 2 * 2 * n * d * 4 * d)  # MLP
     return batch * (layers * per_layer + 2 * n * d * codes)
-
-
-def matmul_peak() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
 def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int,
@@ -79,18 +63,7 @@ def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: i
         optimizer.zero_grad(set_to_none=True)
 
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    seconds = statistics.median(times)
+    seconds = median_seconds(step, reps=steps, warmup=warmup)
     return {"ms_per_step": 1e3 * seconds, "samples_per_s": batch / seconds,
             "tflops": 3 * forward_flops(size, batch) / seconds / 1e12,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,

@@ -21,6 +21,7 @@ from .diffusion.schedule import NoiseSchedule, model_timestep
 from .models.conditioning import LearnedNullEmbedding, TextEncoder, normalize_prompts
 from .models.transformer import VQDiffusionTransformer
 from .models.vqvae import VQVAE
+from .utils.compiled import compiled
 from .utils.images import to_pil
 
 __all__ = ["VQDiffusionPipeline", "ImagePipelineOutput", "SpeedSettings"]
@@ -188,7 +189,7 @@ class VQDiffusionPipeline:
         network = self._network
         combine = classifier_free_guidance
         if self.speed.compile is not None:  # its passes over (B, K, N) fuse into one kernel
-            combine = torch.compile(classifier_free_guidance, dynamic=False)
+            combine = compiled(classifier_free_guidance)
         if self.speed.cache_context and "context" in conditions:  # the text is the same at every step
             conditions = {**conditions, "context_kv": self.transformer.context_keys_values(conditions["context"])}
             del conditions["context"]

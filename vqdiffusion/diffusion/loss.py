@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..utils.compiled import compiled
 from .process import categorical_kl, log_onehot, q_posterior, q_sample
 from .schedule import NoiseSchedule
 
@@ -70,16 +71,6 @@ def per_sample_terms(log_p0: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, 
         factor = (1 - t / steps) + 1 if adaptive_auxiliary else torch.ones_like(bound)
         aux = auxiliary_weight * factor * aux
     return bound, kl, decoder_nll, aux
-
-
-_compiled_per_sample_terms = None
-
-
-def _compiled_terms():
-    global _compiled_per_sample_terms
-    if _compiled_per_sample_terms is None:
-        _compiled_per_sample_terms = torch.compile(per_sample_terms, dynamic=False)
-    return _compiled_per_sample_terms
 
 
 class DiffusionLoss(nn.Module):
@@ -149,7 +140,7 @@ class DiffusionLoss(nn.Module):
             p_t = torch.full(t.shape, 1.0 / steps, device=x0.device)
         x_t = q_sample(x0, t, schedule, generator)  # (B, N)
         log_p0 = log_p_x0(x_t, t)  # (B, K, N)
-        terms = _compiled_terms() if self.compile_math else per_sample_terms
+        terms = compiled(per_sample_terms) if self.compile_math else per_sample_terms
         bound, kl, decoder_nll, aux = terms(log_p0, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
                                             cfg.auxiliary_weight, cfg.adaptive_auxiliary)
         self._update_history(t, bound.detach())

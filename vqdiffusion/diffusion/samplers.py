@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils.compiled import compiled
 from .guidance import check_truncation_rate, truncate
 from .loss import LogPX0Fn
 from .process import (
@@ -82,16 +83,6 @@ def ancestral_update(log_p: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s:
     generators are a Python loop)."""
     logits = q_posterior(_truncated(log_p, truncation_rate), x_t, t, s, schedule)
     return (logits + gumbel_from_uniform(u)).argmax(dim=1)
-
-
-_compiled_ancestral_update = None
-
-
-def _compiled_update():
-    global _compiled_ancestral_update
-    if _compiled_ancestral_update is None:
-        _compiled_ancestral_update = torch.compile(ancestral_update, dynamic=False)
-    return _compiled_ancestral_update
 
 
 class Sampler:
@@ -173,7 +164,7 @@ class AncestralSampler(Sampler):
         log_p = log_p_x0(x_t, t_)  # (B, K, N), guided
         # the draws come after the network call, as in gumbel_argmax: the same numbers either way
         u = uniform((batch, schedule.num_codes + 1, x_t.shape[1]), x_t.device, generator)
-        update = _compiled_update() if self.compile_math else ancestral_update
+        update = compiled(ancestral_update) if self.compile_math else ancestral_update
         return update(log_p, x_t, t_, s_, schedule, truncation_rate, u)
 
 
