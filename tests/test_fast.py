@@ -63,6 +63,8 @@ def test_to_float8_swaps_the_blocks_matmuls_and_sampling_still_runs():
     assert out.shape == (2, pipe.transformer.config.num_tokens)
     assert int(out.max()) < pipe.transformer.config.num_embeds
     assert to_float8(pipe.transformer) == 0  # already swapped: nothing left
+    with pytest.raises(ValueError, match="save the pipeline before optimizing it"):
+        pipe.save_pretrained("unused")
     classes = tiny_pipeline("class").to(dtype=torch.bfloat16).optimize(fp8=True)  # no cross-attention
     assert sum(isinstance(m, Float8Linear) for m in classes.transformer.modules()) == blocks * 4
 

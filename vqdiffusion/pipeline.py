@@ -104,6 +104,10 @@ class VQDiffusionPipeline:
         """Write a diffusers-format folder (each sub-folder loads with diffusers' own classes)."""
         from .convert.diffusers_format import save_pipeline
 
+        if self.speed.fp8:
+            raise ValueError("this pipeline's linears were converted to FP8 by optimize(fp8=True) and no longer hold "
+                             "the original weights: save the pipeline before optimizing it")
+
         save_pipeline(self, directory)
 
     @property

@@ -96,7 +96,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(kv_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
         self.to_qkv: nn.Module | None = None  # set by fuse_qkv (inference only; not saved)
-        self._register_state_dict_hook(_drop_fused_keys)
+        self.register_state_dict_post_hook(_drop_fused_keys)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H * d) -> (B, H, L, d)."""
