@@ -19,6 +19,7 @@ from .diffusion.guidance import check_guidance_scale, check_truncation_rate, cla
 from .diffusion.samplers import EditSpec, Sampler, make_sampler, sample_prior
 from .diffusion.schedule import NoiseSchedule, model_timestep
 from .models.conditioning import LearnedNullEmbedding, TextEncoder, normalize_prompts
+from .models.fast import ATTENTION_BACKENDS, attention_backend, to_float8
 from .models.transformer import VQDiffusionTransformer
 from .models.vqvae import VQVAE
 from .utils.compiled import compiled
@@ -140,8 +141,6 @@ class VQDiffusionPipeline:
             compile: ``torch.compile`` the transformer: True, or a mode such as
                 ``"max-autotune-no-cudagraphs"`` or ``"reduce-overhead"`` (CUDA graphs; for batch 1).
         """
-        from .models.fast import ATTENTION_BACKENDS, to_float8
-
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
         if fp8 and self.dtype != torch.bfloat16:
@@ -152,8 +151,8 @@ class VQDiffusionPipeline:
         if fp8 and not self.speed.fp8:
             to_float8(self.transformer)
         mode = None if compile is False else ("default" if compile is True else str(compile))
-        if mode is not None:
-            self._network = torch.compile(self.transformer, mode=None if mode == "default" else mode, dynamic=False)
+        self._network = self.transformer if mode is None else torch.compile(
+            self.transformer, mode=None if mode == "default" else mode, dynamic=False)
         self.speed = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context, attention=attention,
                                    fp8=fp8 or self.speed.fp8, compile=mode)
         return self
@@ -277,8 +276,6 @@ class VQDiffusionPipeline:
             edit_tokens = self.encode_images(edit_image)
         edit = self._edit_spec(edit_tokens, edit_start_step, keep_mask, batch)
         progress = _Progress(callback, callback_steps, self.progress, num_inference_steps)
-        from .models.fast import attention_backend
-
         chosen.compile_math = self.speed.compile is not None
         with attention_backend(self.speed.attention):
             tokens = chosen(
