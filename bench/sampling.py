@@ -55,6 +55,7 @@ VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
     "bf16-fused-flash": (BF16, {**FAST, "attention": "flash"}),
     "bf16-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True}),
     "bf16-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead"}),
+    "bf16-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs"}),  # slow compile
     "fp8-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True}),
     "fp8-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead", "fp8": True}),
 }
