@@ -173,10 +173,10 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.get("eval") and cfg.eval.metrics:
         from .eval.run import evaluate_folder
 
-        speed = {"images_per_second": drawn / seconds} if drawn else {}
+        rate = {"images_per_second": drawn / seconds} if drawn else {}
         name = torch.cuda.get_device_name(pipe.device) if str(pipe.device).startswith("cuda") else "cpu"
         result = evaluate_folder(cfg, out, items, {
-            **settings, **speed, "batch_size": batch_size, "dtype": cfg.dtype, "checkpoint": str(cfg.checkpoint),
+            **settings, **rate, "batch_size": batch_size, "dtype": cfg.dtype, "checkpoint": str(cfg.checkpoint),
             "device": name, "world_size": world}, device=pipe.device, rank=rank, world=world)
         log.info("metrics: %s", {k: v for k, v in result.items() if isinstance(v, float)})
     return out

@@ -24,7 +24,7 @@ from torch import nn
 from ..utils.atomic import atomic_write_bytes
 
 __all__ = ["SmallClassifier", "UInt8Classifier", "ClassifierInfo", "train_classifier", "save_classifier",
-           "load_classifier", "accuracy"]
+           "load_classifier"]
 
 META_FILE = "classifier.json"
 
@@ -78,11 +78,6 @@ class ClassifierInfo:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy of (N, C) logits against (N,) labels."""
-    return float((logits.argmax(1) == labels).float().mean())
 
 
 def _evaluate(network: nn.Module, loader, device) -> float:

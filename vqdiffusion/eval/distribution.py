@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -111,16 +111,21 @@ def cache_key(**fields) -> str:
     return re.sub(r"[^A-Za-z0-9=._-]+", "_", text)
 
 
-def extract_features(extractor: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
-                     progress: bool = True, total: int | None = None) -> torch.Tensor:
-    """(N, D) float32 features of uint8 image batches (N, 3, H, W), on the CPU."""
+def _features_per_batch(extractor: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str,
+                        progress: bool, total: int | None) -> Iterator[torch.Tensor]:
+    """Features of each uint8 image batch (N, 3, H, W), on ``device``, with a progress bar."""
     from tqdm.auto import tqdm
 
     extractor = extractor.to(device).eval()
-    parts = []
     with torch.no_grad():
         for batch in tqdm(batches, total=total, desc="features", unit="batch", disable=not progress):
-            parts.append(extractor(batch.to(device)).float().cpu())
+            yield extractor(batch.to(device))
+
+
+def extract_features(extractor: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
+                     progress: bool = True, total: int | None = None) -> torch.Tensor:
+    """(N, D) float32 features of uint8 image batches (N, 3, H, W), on the CPU."""
+    parts = [features.float().cpu() for features in _features_per_batch(extractor, batches, device, progress, total)]
     if not parts:
         raise ValueError("no images to extract features from")
     return torch.cat(parts)
@@ -130,20 +135,16 @@ def feature_statistics(extractor: nn.Module, batches: Iterable[torch.Tensor], de
                        progress: bool = True, total: int | None = None) -> dict[str, torch.Tensor]:
     """Float64 feature sum (D,), sum of outer products (D, D) and count of uint8 image batches,
     accumulated batch by batch (memory does not grow with the number of images)."""
-    from tqdm.auto import tqdm
-
-    extractor = extractor.to(device).eval()
     total_sum = cov_sum = None
     count = 0
-    with torch.no_grad():
-        for batch in tqdm(batches, total=total, desc="features", unit="batch", disable=not progress):
-            features = extractor(batch.to(device)).double()
-            if total_sum is None:
-                total_sum = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
-                cov_sum = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64, device=features.device)
-            total_sum += features.sum(0)
-            cov_sum += features.T @ features
-            count += len(features)
+    for features in _features_per_batch(extractor, batches, device, progress, total):
+        features = features.double()
+        if total_sum is None:
+            total_sum = features.new_zeros(features.shape[1])
+            cov_sum = features.new_zeros(features.shape[1], features.shape[1])
+        total_sum += features.sum(0)
+        cov_sum += features.T @ features
+        count += len(features)
     if total_sum is None:
         raise ValueError("no images to extract features from")
     return {"sum": total_sum.cpu(), "cov_sum": cov_sum.cpu(), "count": torch.tensor(count)}

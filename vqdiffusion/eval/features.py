@@ -74,36 +74,22 @@ def fid_helper_weights() -> Path:
 
 
 class _TorchFidelityInception(nn.Module):
+    """torchmetrics' port of the FID Inception, returning one of its outputs: ``"2048"`` (pool
+    features, for FID/KID) or ``"logits_unbiased"`` (the ImageNet head without its bias, as
+    torch-fidelity's IS)."""
+
     num_features = 2048
 
-    def __init__(self) -> None:
+    def __init__(self, output: str = "2048", purpose: str = "the 'torch-fidelity' FID backend") -> None:
         super().__init__()
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
-            self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+            self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=[output])
         except (ImportError, ModuleNotFoundError, RuntimeError) as error:
             raise RuntimeError(
-                "the 'torch-fidelity' FID backend needs torch-fidelity (pip install torch-fidelity; it downloads "
-                "the weights on first use and imports torchvision). Offline, use eval.backend=fid-helper."
+                f"{purpose} needs torch-fidelity (pip install torch-fidelity; it downloads the weights on first "
+                "use and imports torchvision). Offline, use eval.backend=fid-helper for FID/KID."
             ) from error
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images)
-        return self.network(images).reshape(len(images), -1)
-
-
-class _TorchFidelityInceptionLogits(nn.Module):
-    """The same network's ImageNet head without its bias ("logits_unbiased"), as torch-fidelity's IS."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-            self.network = NoTrainInceptionV3(name="inception-v3-compat", features_list=["logits_unbiased"])
-        except (ImportError, ModuleNotFoundError, RuntimeError) as error:
-            raise RuntimeError("the Inception Score needs torch-fidelity's Inception (pip install torch-fidelity; "
-                               "it downloads the weights on first use)") from error
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -115,7 +101,7 @@ def load_inception_logits(backend: str) -> nn.Module:
     """uint8 images -> (N, 1008) Inception logits for the Inception Score. Only torch-fidelity's
     network carries its classifier head; the fid-helper file ends at the pool features."""
     if backend == "torch-fidelity":
-        return _TorchFidelityInceptionLogits()
+        return _TorchFidelityInception("logits_unbiased", purpose="the Inception Score")
     raise ValueError(
         f"eval.metrics=[is] needs the Inception's classifier head, which eval.backend={backend!r} does not carry "
         "(the fid-helper TorchScript ends at the 2048 pool features): use eval.backend=torch-fidelity (downloads "

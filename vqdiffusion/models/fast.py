@@ -7,7 +7,7 @@ each against diffusers on the same GPU.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -64,19 +64,13 @@ def to_float8(transformer: nn.Module) -> int:
         for name in _FP8_NAMES:
             if fused and name in ("attn1.to_q", "attn1.to_k", "attn1.to_v"):
                 continue
-            parent_name, _, child = name.rpartition(".")
             try:
-                parent = block.get_submodule(parent_name)
-            except AttributeError:  # no cross-attention in class-conditional and unconditional models
+                linear = block.get_submodule(name)
+            except AttributeError:  # unfused q/k/v, or no cross-attention (class and unconditional models)
                 continue
-            linear = getattr(parent, child) if not child.isdigit() else parent[int(child)]
             if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
-                continue  # FP8 tensor cores need both sizes to be multiples of 16
-            replacement = Float8Linear(linear)
-            if child.isdigit():
-                parent[int(child)] = replacement
-            else:
-                setattr(parent, child, replacement)
+                continue  # already swapped, or sizes FP8 tensor cores cannot take (multiples of 16)
+            block.set_submodule(name, Float8Linear(linear))
             swapped += 1
     return swapped
 
@@ -91,8 +85,7 @@ def attention_backend(name: str):
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {name!r}")
     if name == "auto":
-        with nullcontext():
-            yield
+        yield
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
