@@ -58,6 +58,13 @@ VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
     "bf16-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs"}),  # slow compile
     "fp8-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True}),
     "fp8-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead", "fp8": True}),
+    "bf16-tuned": (BF16, {**FAST, "attention": "cudnn", "compile": "tuned"}),
+    "fp8-tuned": (BF16, {**FAST, "attention": "cudnn", "compile": "tuned", "fp8": True}),
+    "fp8-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs", "fp8": True}),
+    "bf16-autotune-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune"}),  # slow compile
+    "fp8t-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True, "fp8_scaling": "tensor"}),
+    "fp8t-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead", "fp8": True,
+                           "fp8_scaling": "tensor"}),
 }
 
 
@@ -73,7 +80,8 @@ def flops_per_step(batch: int, guidance: bool) -> float:
     return per_sequence * batch * (2 if guidance else 1)
 
 
-def build(variants: list[str], device: str, layers: int):
+def build(variants: list[str], device: str, layers: int, reference: bool = True):
+    """diffusers' pipeline (fp16; on ``device`` when ``reference``) and ours per variant, same weights."""
     from diffusers import Transformer2DModel, VQDiffusionScheduler, VQModel
     from diffusers import VQDiffusionPipeline as Reference
     from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
@@ -91,7 +99,7 @@ def build(variants: list[str], device: str, layers: int):
         null = LearnedClassifierFreeSamplingEmbeddings(learnable=True, hidden_size=512, length=77)
         null.embeddings.data.normal_()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    reference = Reference(vqvae=vqvae, text_encoder=text_model, tokenizer=tokenizer, transformer=transformer,
+    baseline = Reference(vqvae=vqvae, text_encoder=text_model, tokenizer=tokenizer, transformer=transformer,
                           scheduler=VQDiffusionScheduler(num_vec_classes=4097),
                           learned_classifier_free_sampling_embeddings=null)
     ours = {}
@@ -110,9 +118,10 @@ def build(variants: list[str], device: str, layers: int):
         pipe.progress = False
         pipe.to(device, dtype)
         ours[name] = pipe.optimize(**speedups) if speedups else pipe
-    reference.to(device, torch.float16 if device == "cuda" else torch.float32)
-    reference.set_progress_bar_config(disable=True)
-    return reference, ours
+    if reference:
+        baseline.to(device, torch.float16 if device == "cuda" else torch.float32)
+    baseline.set_progress_bar_config(disable=True)
+    return baseline, ours
 
 
 def measure(pipe, batch: int, steps: tuple[int, int], reps: int, device: str, **kwargs) -> dict:
@@ -144,7 +153,11 @@ def main() -> None:
 
     peak = matmul_peak() if args.device == "cuda" else float("nan")
     reference, ours = build(args.variants, args.device, args.layers)
-    rows = []
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    info = {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "matmul_peak_tflops": peak, "settings": "100 steps, guidance 5, truncation 0.86, ITHQ size",
+            "date": time.strftime("%Y-%m-%d"), "rows": []}
+    rows = info["rows"]
     for batch in args.batch:
         entries = [("diffusers fp16", reference, {})]
         entries += [(f"vqdiffusion {name}", p, {}) for name, p in ours.items()]
@@ -155,12 +168,11 @@ def main() -> None:
                 print(f"{name:>18} b={batch:<3} failed: {type(error).__name__}: {str(error)[:400]}", flush=True)
                 continue
             rows.append({"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak})
+            if args.out:  # after every row: a later variant's time-out must not lose the earlier ones
+                with open(args.out, "w") as f:
+                    json.dump(info, f, indent=2)
             print(f"{name:>18} b={batch:<3} {result['ms_per_step']:8.1f} ms/step  "
                   f"{result['images_per_s']:6.3f} img/s  {result['tflops']:6.0f} TFLOP/s", flush=True)
-    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    info = {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "matmul_peak_tflops": peak, "settings": "100 steps, guidance 5, truncation 0.86, ITHQ size",
-            "date": time.strftime("%Y-%m-%d"), "rows": rows}
     print(f"\n{info['gpu']}, torch {info['torch']}, diffusers {info['diffusers']}, "
           f"measured bf16 matmul peak {peak:.0f} TFLOP/s")
     print("| pipeline | batch | ms/step | images/s (100 steps) | TFLOP/s | MFU | vs diffusers |")
@@ -169,9 +181,6 @@ def main() -> None:
         base = next(r for r in rows if r["batch"] == row["batch"] and r["pipeline"] == "diffusers fp16")
         print(f"| {row['pipeline']} | {row['batch']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.3f} | "
               f"{row['tflops']:.0f} | {100 * row['mfu']:.0f}% | {row['images_per_s'] / base['images_per_s']:.2f}x |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(info, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every issue-5 speed measurement on one GPU, in one go (each part bounded by a time limit so one
 # slow compile does not eat the rest). JSON results go to ${OUT:-bench/out}; tables to stdout.
-#   bash bench/speed_suite.sh [sampling|training|all]
+#   bash bench/speed_suite.sh [sampling|training|all|profile]
 # Needs diffusers (../shared/tools/device-wheels puts its wheel in .whl/).
 set -uo pipefail
 what=${1:-all}
@@ -12,18 +12,28 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader
 quiet() { grep -v -i "warn\|float32\|mask_class\|deprecat"; }
+if [ "$what" = profile ]; then  # where the time goes (bench/profile_step.py), not part of "all"
+  timeout 230 python3 bench/profile_step.py --out "$out/profile_train_ithq_b16.json" \
+      train --size ithq --batch 16 --compile --compile-loss 2>&1 | quiet | tail -25
+  for spec in "bf16-compiled 32" "fp8-compiled 32" "bf16-graphs 1"; do
+    set -- $spec
+    timeout 112 python3 bench/profile_step.py --out "$out/profile_sample_$1_b$2.json" \
+        sample --variant "$1" --batch "$2" 2>&1 | quiet | tail -25
+  done
+  exit 0
+fi
 if [ "$what" != training ]; then
   timeout 420 python3 bench/sampling.py --batch 32 --steps 5 15 --reps 2 \
-      --variants bf16 bf16-compiled fp8-compiled --out "$out/sampling_b32.json" 2>&1 | quiet | tail -6
+      --variants bf16-compiled fp8-compiled fp8-tuned --out "$out/sampling_b32.json" 2>&1 | quiet | tail -6
   timeout 300 python3 bench/sampling.py --batch 1 --steps 10 30 --reps 3 \
-      --variants bf16-compiled bf16-graphs fp8-graphs --out "$out/sampling_b1.json" 2>&1 | quiet | tail -6
+      --variants bf16-graphs fp8-graphs --out "$out/sampling_b1.json" 2>&1 | quiet | tail -6
   timeout 200 python3 bench/step_split.py 2>&1 | quiet | tail -8
 fi
 if [ "$what" != sampling ]; then
-  timeout 420 python3 bench/train_mfu.py --size ithq --batch 16 --checkpointing off --compile --compile-loss \
+  timeout 420 python3 bench/train_mfu.py --size ithq --batch 16 --checkpointing off --compile --compile-loss --multi-kernel \
       --out "$out/train_ithq.json" 2>&1 | quiet | tail -3
-  timeout 420 python3 bench/train_mfu.py --size ithq --batch 64 --checkpointing on --compile --compile-loss \
+  timeout 420 python3 bench/train_mfu.py --size ithq --batch 64 --checkpointing on --compile --compile-loss --multi-kernel \
       --out "$out/train_ithq_ckpt.json" 2>&1 | quiet | tail -3
-  timeout 300 python3 bench/train_mfu.py --size coco --batch 32 --checkpointing off --compile --compile-loss \
+  timeout 300 python3 bench/train_mfu.py --size coco --batch 32 --checkpointing off --compile --compile-loss --multi-kernel \
       --out "$out/train_coco.json" 2>&1 | quiet | tail -3
 fi

@@ -22,6 +22,7 @@ from timing import matmul_peak, median_seconds  # bench/timing.py
 from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
+from vqdiffusion.utils.compiled import inductor_options
 
 SIZES = {  # SPEC §7: (layers, heads, head dim, codes, text width, text length)
     "ithq": (36, 16, 88, 4096, 512, 77),
@@ -39,14 +40,18 @@ def forward_flops(size: str, batch: int) -> float:
     return batch * (layers * per_layer + 2 * n * d * codes)
 
 
-def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int,
-            compile_loss: bool = False) -> dict:
+def build_step(size: str, batch: int, checkpointing: bool, compile_: bool, compile_loss: bool = False,
+               memory_budget: float | None = None, multi_kernel: bool = False):
+    """One training step as a function of nothing (random tokens and text, fixed per call)."""
     layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[size]
     config = TransformerConfig(num_embeds=codes, height=32, width=32, num_layers=layers, num_heads=heads,
                                head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=checkpointing)
     torch.manual_seed(0)
     model = VQDiffusionTransformer(config).cuda()
-    network = torch.compile(model) if compile_ else model
+    if memory_budget is not None:  # compile's partitioner recomputes the cheapest activations to fit it
+        torch._functorch.config.activation_memory_budget = memory_budget
+    options = inductor_options() if multi_kernel else None  # the sampling fast path's compile options
+    network = torch.compile(model, options=options) if compile_ else model
     schedule = NoiseSchedule(codes).to(device="cuda")
     loss_fn = DiffusionLoss(schedule).to("cuda")
     loss_fn.compile_math = compile_loss  # train.py's diffusion_training.compile=true turns on both
@@ -62,12 +67,18 @@ def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: i
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.parameters_m = sum(p.numel() for p in model.parameters()) / 1e6
+    return step
+
+
+def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int,
+            compile_loss: bool = False, memory_budget: float | None = None, multi_kernel: bool = False) -> dict:
+    step = build_step(size, batch, checkpointing, compile_, compile_loss, memory_budget, multi_kernel)
     torch.cuda.reset_peak_memory_stats()
     seconds = median_seconds(step, reps=steps, warmup=warmup)
     return {"ms_per_step": 1e3 * seconds, "samples_per_s": batch / seconds,
             "tflops": 3 * forward_flops(size, batch) / seconds / 1e12,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "parameters_m": step.parameters_m}
 
 
 def main() -> None:
@@ -77,6 +88,10 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=["off", "on"], nargs="+", default=["off", "on"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     parser.add_argument("--compile-loss", action="store_true", help="torch.compile the loss math after it")
+    parser.add_argument("--multi-kernel", action="store_true",
+                        help="with --compile: inductor's multi-kernel (persistent) reductions, as sampling uses")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="with --compile: activation memory budget in (0, 1] (1 = save everything)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None)
@@ -90,10 +105,11 @@ def main() -> None:
         for checkpointing in args.checkpointing:
             for batch in args.batch:
                 row = {"size": size, "batch": batch, "checkpointing": checkpointing, "compile": args.compile,
-                       "compile_loss": args.compile_loss}
+                       "compile_loss": args.compile_loss, "memory_budget": args.memory_budget,
+                       "multi_kernel": args.multi_kernel}
                 try:
                     row.update(measure(size, batch, checkpointing == "on", args.compile, args.steps, args.warmup,
-                                       args.compile_loss))
+                                       args.compile_loss, args.memory_budget, args.multi_kernel))
                     row["mfu"] = row["tflops"] / peak
                     print(f"{size} b={batch} ckpt={checkpointing}: {row['ms_per_step']:.0f} ms, "
                           f"{row['samples_per_s']:.1f} samples/s, {row['tflops']:.0f} TFLOP/s, "
@@ -102,6 +118,10 @@ def main() -> None:
                     row["oom"] = True
                     print(f"{size} b={batch} ckpt={checkpointing}: OOM", flush=True)
                 rows.append(row)
+                if args.out:  # after every row: a later row's time-out must not lose the earlier ones
+                    with open(args.out, "w") as f:
+                        json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
+                                   "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
                 torch._dynamo.reset()
                 torch.cuda.empty_cache()
     print("| size | batch | checkpointing | ms/step | samples/s | TFLOP/s | MFU | peak memory |")
@@ -113,10 +133,6 @@ def main() -> None:
             print(f"| {r['size']} | {r['batch']} | {r['checkpointing']} | {r['ms_per_step']:.0f} | "
                   f"{r['samples_per_s']:.1f} | {r['tflops']:.0f} | {100 * r['mfu']:.1f}% | "
                   f"{r['peak_memory_gib']:.1f} GiB |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
-                       "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,39 @@ def test_float8_linear_is_a_quantised_matmul_of_bounded_error():
     assert 0 < error < 0.05  # e4m3 keeps 3 mantissa bits: a few percent, never exact
 
 
+def test_float8_linear_with_one_scale_per_tensor():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(3, 10, 64, dtype=torch.bfloat16)
+    per_tensor, per_row = Float8Linear(linear, scaling="tensor"), Float8Linear(linear)
+    assert per_tensor.weight_scale.shape == () and "tensor scales" in repr(per_tensor)
+    exact = linear(x).float()
+    error = (per_tensor(x).float() - exact).norm() / exact.norm()
+    assert 0 < error < 0.05
+    x[0, 0, 0] = 1e5  # one outlier: with a single scale for x, every other row falls to subnormals
+    rest = (slice(1, None),)
+    exact = linear(x).float()[rest]
+    tensor_error = (per_tensor(x).float()[rest] - exact).norm() / exact.norm()
+    row_error = (per_row(x).float()[rest] - exact).norm() / exact.norm()
+    assert row_error < 0.05 < tensor_error
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        Float8Linear(linear, scaling="block")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scaling", ["row", "tensor"])
+def test_float8_linear_on_fp8_tensor_cores(scaling):
+    """The CUDA kernels (bias in the epilogue, fast accumulation) stay within e4m3's error."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 matmuls need sm89+ (Ada, Hopper)")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 512).to("cuda", torch.bfloat16)
+    x = torch.randn(4, 128, 256, device="cuda", dtype=torch.bfloat16)
+    exact = linear(x).float()
+    error = (Float8Linear(linear, scaling)(x).float() - exact).norm() / exact.norm()
+    assert 0 < error < 0.05, error
+
+
 def test_to_float8_swaps_the_blocks_matmuls_and_sampling_still_runs():
     pipe = tiny_pipeline("text").to(dtype=torch.bfloat16)
     pipe.optimize(fuse_qkv=True, fp8=True)
@@ -72,6 +105,10 @@ def test_to_float8_swaps_the_blocks_matmuls_and_sampling_still_runs():
 def test_optimize_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="fp8 needs a bfloat16 pipeline"):
         tiny_pipeline("text").optimize(fp8=True)
+    with pytest.raises(ValueError, match="compile must be True, False or one of"):
+        tiny_pipeline("text").optimize(compile="fastest")
+    with pytest.raises(ValueError, match="fp8_scaling must be one of"):
+        tiny_pipeline("text").to(dtype=torch.bfloat16).optimize(fp8=True, fp8_scaling="column")
     with pytest.raises(ValueError, match="attention must be one of"):
         tiny_pipeline("text").optimize(attention="fastest")
     with pytest.raises(ValueError, match="attention must be one of"), attention_backend("fastest"):
@@ -88,6 +125,17 @@ def test_bf16_fast_path_agrees_with_float32_on_a_gpu():
     fast = tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(compile=True, attention="auto")
     agreement = (tokens(fast) == exact).float().mean().item()
     assert agreement > 0.8, agreement
+    graphs = tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(compile="reduce-overhead")
+    first = tokens(graphs)
+    assert (first == exact).float().mean().item() > 0.8
+    kept = first.clone()
+    tokens(graphs, seed=5)  # replays every CUDA graph: tokens returned earlier must not change
+    assert torch.equal(first, kept)
+    expected = reference.decode(exact, "pt")  # float32 eager decoder
+    for pipe in (fast, graphs):  # compiled decoders (bf16), the second one CUDA-graphed
+        images = pipe.decode(exact, "pt")
+        assert images.shape == expected.shape and (images - expected).abs().mean() < 0.01
+        assert torch.equal(pipe.decode(exact, "pt"), images)  # deterministic, and not overwritten by a replay
 
 
 def test_sample_py_speed_options_keep_the_images_and_are_recorded(tmp_path):
@@ -134,3 +182,62 @@ def test_the_ancestral_update_is_the_posterior_draw_with_the_same_uniforms():
                              torch.Generator().manual_seed(9))
     u = torch.rand(4, 8, 10, generator=torch.Generator().manual_seed(9))
     assert torch.equal(ancestral_update(log_p, x_t, t, s, schedule, 0.8, u), expected)
+
+
+def test_compile_options_add_multi_kernel_reductions_and_tuning_to_the_mode():
+    from vqdiffusion.utils.compiled import inductor_options, uses_cuda_graphs
+
+    assert inductor_options(None) == {"triton.multi_kernel": 1}
+    assert inductor_options("reduce-overhead") == {"triton.cudagraphs": True, "triton.multi_kernel": 1}
+    assert inductor_options("tuned") == {"coordinate_descent_tuning": True, "triton.multi_kernel": 1}
+    assert uses_cuda_graphs("reduce-overhead") and not uses_cuda_graphs("tuned")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        inductor_options("turbo")
+
+
+def test_truncate_fast_is_the_sort_based_truncation_where_no_kernel_runs():
+    from vqdiffusion.diffusion.guidance import truncate
+    from vqdiffusion.ops.truncation import truncate_fast
+
+    log_p = torch.randn(2, 9, 5).log_softmax(1)
+    assert torch.equal(truncate_fast(log_p, 0.7), truncate(log_p, 0.7))
+    assert truncate_fast(log_p, 1.0) is log_p
+
+
+def _ambiguous_tokens(log_p: torch.Tensor, rate: float, tolerance: float = 1e-5) -> torch.Tensor:
+    """(B, N) True where some class's mass before it (float64) lies within ``tolerance`` of the
+    rate: there float32 summation order alone decides whether that class is kept."""
+    p = log_p.double().exp().sort(dim=1, descending=True).values
+    return ((p.cumsum(1) - p - rate).abs() < tolerance).any(dim=1)
+
+
+@pytest.mark.gpu
+def test_truncation_kernel_keeps_what_the_sort_keeps():
+    """The bisection kernel against the sort in float64, eager and inside torch.compile, both
+    memory layouts; exact on a hand-made distribution with a tie at the boundary."""
+    from vqdiffusion.diffusion.guidance import truncate
+    from vqdiffusion.ops.truncation import truncate_fast, truncation_kernel_available
+
+    p = torch.tensor([0.5, 0.25, 0.125, 0.125], device="cuda")
+    log_p = p.log()[None, :, None].repeat(1, 1, 3)  # (1, 4, 3)
+    assert torch.isfinite(truncate_fast(log_p, 0.75)).sum(1).tolist() == [[2, 2, 2]]  # 0.75 is not below 0.75
+    assert torch.isfinite(truncate_fast(log_p, 0.76)).sum(1).tolist() == [[4, 4, 4]]  # the tie at 0.125 stays whole
+    assert torch.isfinite(truncate_fast(log_p, 0.3)).sum(1).tolist() == [[1, 1, 1]]
+
+    generator = torch.Generator("cuda").manual_seed(0)
+    compiled = torch.compile(lambda x, rate: truncate_fast(x, rate).clamp(min=-70.0), dynamic=False)
+    for classes in (7, 4096, 8192):
+        logits = 3 * torch.randn(3, 64, classes, device="cuda", generator=generator)  # peaked rows
+        for log_p in (logits.log_softmax(-1).transpose(1, 2), logits.transpose(1, 2).contiguous().log_softmax(1)):
+            assert truncation_kernel_available(log_p)
+            for rate in (0.2, 0.86, 0.999) if classes == 7 else (0.2, 0.5, 0.86):  # see _ambiguous_tokens
+                got = truncate_fast(log_p, rate)
+                kept = torch.isfinite(truncate(log_p.double(), rate))
+                kept_here = torch.isfinite(got)
+                clear = ~_ambiguous_tokens(log_p, rate)
+                assert clear.float().mean() > 0.5, (classes, rate)  # the comparison below is not empty
+                differing = (kept != kept_here).any(dim=1) & clear
+                assert not differing.any(), (classes, rate, int(differing.sum()))
+                assert kept_here.any(dim=1).all()  # the most likely class always survives
+                assert torch.equal(got[kept_here], log_p[kept_here])
+                torch.testing.assert_close(compiled(log_p, rate), got.clamp(min=-70.0), rtol=0, atol=0)

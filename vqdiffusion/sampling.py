@@ -185,7 +185,8 @@ def sample(cfg: DictConfig) -> Path:
 def _speed_settings(cfg: DictConfig) -> dict:
     """The ``speed`` options that differ from "as loaded" (empty: no optimisation)."""
     options = OmegaConf.to_container(cfg.get("speed") or {}, resolve=True)
-    off = {"fuse_qkv": False, "cache_context": False, "attention": "auto", "compile": False, "fp8": False}
+    off = {"fuse_qkv": False, "cache_context": False, "attention": "auto", "compile": False, "fp8": False,
+           "fp8_scaling": "row"}
     unknown = sorted(set(options) - set(off))
     if unknown:
         raise ValueError(f"unknown speed options {unknown}; expected {sorted(off)}")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils.compiled import compiled
+from ..ops.truncation import truncate_fast
+from ..utils.compiled import compiled, uses_cuda_graphs
 from .guidance import check_truncation_rate, truncate
 from .loss import LogPX0Fn
 from .process import (
@@ -70,18 +71,21 @@ def sample_prior(
     return q_sample(fake_x0, t, schedule, generator)
 
 
-def _truncated(log_p: torch.Tensor, truncation_rate: float) -> torch.Tensor:
-    """Truncated and clamped float32 log p(x0 | x_t): (B, K, N)."""
-    return truncate(log_p.float(), truncation_rate).clamp(min=LOG_PROB_FLOOR)
+def _truncated(log_p: torch.Tensor, truncation_rate: float, kernel: bool = False) -> torch.Tensor:
+    """Truncated and clamped float32 log p(x0 | x_t): (B, K, N). ``kernel``: without a sort, on a GPU
+    (:func:`~vqdiffusion.ops.truncation.truncate_fast`; the fast path's choice)."""
+    truncated = (truncate_fast if kernel else truncate)(log_p.float(), truncation_rate)
+    return truncated.clamp(min=LOG_PROB_FLOOR)
 
 
 def ancestral_update(log_p: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
-                     schedule: NoiseSchedule, truncation_rate: float, u: torch.Tensor) -> torch.Tensor:
+                     schedule: NoiseSchedule, truncation_rate: float, u: torch.Tensor,
+                     truncation_kernel: bool = False) -> torch.Tensor:
     """The ancestral step after the network: truncation, the posterior over (B, K+1, N) and the
     Gumbel-max draw from the uniforms ``u`` (B, K+1, N). One function so that ``torch.compile``
     can fuse its ~20 passes over (B, K+1, N) into a few kernels (the draws stay outside: per-image
     generators are a Python loop)."""
-    logits = q_posterior(_truncated(log_p, truncation_rate), x_t, t, s, schedule)
+    logits = q_posterior(_truncated(log_p, truncation_rate, truncation_kernel), x_t, t, s, schedule)
     return (logits + gumbel_from_uniform(u)).argmax(dim=1)
 
 
@@ -89,12 +93,12 @@ class Sampler:
     """Shared driver: validation, the (respaced) time grid, editing and callbacks.
 
     Subclasses implement :meth:`step`, one network call taking x_t at paper time t to x_s.
-    ``compile_math=True`` (set per call by ``VQDiffusionPipeline.optimize(compile=...)``) lets a
-    sampler run its step math compiled.
+    ``compile_math``, a ``torch.compile`` mode or None (set per call from
+    ``VQDiffusionPipeline.optimize(compile=...)``), lets a sampler run its step math compiled.
     """
 
     name = "base"
-    compile_math = False
+    compile_math: str | None = None
 
     def __call__(
         self,
@@ -118,8 +122,11 @@ class Sampler:
         steps = start if num_inference_steps is None else num_inference_steps
         times = schedule.respaced_timesteps(steps, start)
         keep = None if edit is None or edit.keep_mask is None else edit.keep_mask
+        graphs = uses_cuda_graphs(self.compile_math)
         for i, t in enumerate(times):
             s = times[i + 1] if i + 1 < len(times) else 0
+            if graphs:  # a new CUDA-graph generation: the last step's graph outputs are used up
+                torch.compiler.cudagraph_mark_step_begin()
             x_t = self.step(log_p_x0, schedule, x_t, t, s, truncation_rate, generator)
             if keep is not None:
                 x_t = torch.where(keep, edit.tokens, x_t)
@@ -164,8 +171,10 @@ class AncestralSampler(Sampler):
         log_p = log_p_x0(x_t, t_)  # (B, K, N), guided
         # the draws come after the network call, as in gumbel_argmax: the same numbers either way
         u = uniform((batch, schedule.num_codes + 1, x_t.shape[1]), x_t.device, generator)
-        update = compiled(ancestral_update) if self.compile_math else ancestral_update
-        return update(log_p, x_t, t_, s_, schedule, truncation_rate, u)
+        update = compiled(ancestral_update, self.compile_math) if self.compile_math else ancestral_update
+        x_s = update(log_p, x_t, t_, s_, schedule, truncation_rate, u, truncation_kernel=self.compile_math is not None)
+        # a CUDA-graph output is overwritten by the next replay; the tokens must outlive it
+        return x_s.clone() if uses_cuda_graphs(self.compile_math) else x_s
 
 
 class PuritySampler(Sampler):

@@ -12,41 +12,51 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["Float8Linear", "to_float8", "attention_backend", "ATTENTION_BACKENDS", "E4M3_MAX"]
+__all__ = ["Float8Linear", "FP8_SCALINGS", "to_float8", "attention_backend", "ATTENTION_BACKENDS", "E4M3_MAX"]
 
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
 
+FP8_SCALINGS = ("row", "tensor")
+
+
 class Float8Linear(nn.Module):
-    """``y = x W^T + b`` with W stored as float8 (e4m3, one scale per output channel) and x
-    quantised on the fly (one scale per row), multiplied by ``torch._scaled_mm`` on FP8 tensor
-    cores (H100/H200) with bf16 output. Under ``torch.compile`` the row scaling and cast of x fuse
-    into one kernel. Row-wise scales keep one outlier token or channel from flattening the rest.
+    """``y = x W^T + b`` with W stored as float8 (e4m3) and x quantised on the fly, multiplied by
+    ``torch._scaled_mm`` on FP8 tensor cores (H100/H200) with bf16 output.
+
+    ``scaling="row"``: one scale per output channel of W and per row (token) of x, so one outlier
+    token or channel does not flatten the rest; under ``torch.compile`` the row scaling and cast of
+    x fuse into the kernel before. ``scaling="tensor"``: one scale for all of W and one for all of
+    x (cuBLAS's own FP8 kernels; x needs a whole-tensor max before its cast).
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, scaling: str = "row") -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if scaling not in FP8_SCALINGS:
+            raise ValueError(f"scaling must be one of {FP8_SCALINGS}, got {scaling!r}")
+        self.in_features, self.out_features, self.scaling = linear.in_features, linear.out_features, scaling
         weight = linear.weight.detach().float()  # (out, in)
-        scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / E4M3_MAX  # (out, 1)
+        amax = weight.abs().amax(dim=1, keepdim=True) if scaling == "row" else weight.abs().amax()
+        scale = amax.clamp_min(1e-12) / E4M3_MAX  # (out, 1) or ()
         self.register_buffer("weight_fp8", (weight / scale).to(torch.float8_e4m3fn))
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out) float32
+        self.register_buffer("weight_scale", scale.t().contiguous() if scaling == "row" else scale)  # (1, out) / ()
         bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out) bf16."""
         rows = x.reshape(-1, self.in_features)
-        scale = rows.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / E4M3_MAX  # (M, 1)
+        amax = rows.abs().amax(dim=1, keepdim=True) if self.scaling == "row" else rows.abs().amax()
+        scale = amax.float().clamp_min(1e-12) / E4M3_MAX  # (M, 1) or ()
         quantised = (rows.float() / scale).to(torch.float8_e4m3fn)
+        # bias in the matmul's epilogue; fast accumulation: the tensor cores' faster, less exact
+        # FP8 accumulation (what FP8 inference libraries use; the products are already 3-bit)
         out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
-                               out_dtype=torch.bfloat16)
-        if self.bias is not None:
-            out = out + self.bias
+                               bias=self.bias, out_dtype=torch.bfloat16, use_fast_accum=True)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, float8_e4m3fn"
+        return f"in_features={self.in_features}, out_features={self.out_features}, float8_e4m3fn, {self.scaling} scales"
 
 
 # The per-token matmuls of each block: attention projections and the MLP. AdaLN's (B, D) linears,
@@ -55,7 +65,7 @@ _FP8_NAMES = ("attn1.to_qkv", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.t
               "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
 
 
-def to_float8(transformer: nn.Module) -> int:
+def to_float8(transformer: nn.Module, scaling: str = "row") -> int:
     """Swap the blocks' per-token linears for :class:`Float8Linear` (in place); returns how many.
     With fused q/k/v only the fused projection is swapped (q/k/v stay as the saved views)."""
     swapped = 0
@@ -70,7 +80,7 @@ def to_float8(transformer: nn.Module) -> int:
                 continue
             if not isinstance(linear, nn.Linear) or linear.in_features % 16 or linear.out_features % 16:
                 continue  # already swapped, or sizes FP8 tensor cores cannot take (multiples of 16)
-            block.set_submodule(name, Float8Linear(linear))
+            block.set_submodule(name, Float8Linear(linear, scaling))
             swapped += 1
     return swapped
 

@@ -1,0 +1,165 @@
+"""Where the GPU time of one sampling or training step goes, kernel by kernel (torch.profiler).
+
+    python bench/profile_step.py sample --variant bf16-compiled --batch 32
+    python bench/profile_step.py train --size ithq --batch 16 --compile --compile-loss
+
+``sample`` profiles ``--steps`` ancestral steps of the ITHQ-size pipeline (random weights, guidance
+5, truncation 0.86; the loop only, without prompt encoding and decoding); ``train`` profiles
+``--steps`` full training steps of ``bench/train_mfu.py``; ``call`` profiles whole pipeline calls
+of one step (where the fixed cost per call goes: prompt encoding, decoding). Both run their warm-up (compilation)
+first. Prints the wall time per step (CUDA events), the GPU-busy time per step (the sum of kernel
+times: a gap between the two is host overhead), the time per kernel family (matmuls, attention,
+fused Triton kernels, PyTorch's own elementwise/reduction kernels, copies) and the top kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+
+import torch
+from timing import median_seconds  # bench/timing.py
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+FAMILIES = (  # first match wins; names of cuBLAS/cuDNN/CUTLASS/Triton kernels on sm90
+    ("matmul", r"^triton_tem"),  # inductor's Triton matmul templates
+    ("triton fused", r"^triton_"),  # inductor's fused elementwise/reduction kernels (FP8 row scaling included)
+    ("attention", r"fmha|flash|sdpa|attention|attn"),
+    ("matmul (fp8)", r"f8f8|e4m3|fp8|float8|qqtst"),
+    ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|_mm_|matmul|splitk|sm90_"),
+    ("sort / top-k", r"sort|radix|topk|scan"),
+    ("copy / fill", r"memcpy|memset|copy|fill|cat"),
+    ("pytorch elementwise / reduction", r"elementwise|vectorized|reduce|softmax|norm|index|unrolled|kernel"),
+)
+
+
+def family(name: str) -> str:
+    lowered = name.lower()
+    for label, pattern in FAMILIES:
+        if re.search(pattern, lowered):
+            return label
+    return "other"
+
+
+def kernel_table(run, steps: int) -> dict:
+    """Profile ``run()`` (which performs ``steps`` steps); GPU time per step by family and kernel."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type != DeviceType.CUDA:
+            continue
+        entry = per_kernel[event.name]
+        entry[0] += event.device_time_total / 1e3 / steps  # ms per step
+        entry[1] += 1 / steps
+    families: dict[str, float] = defaultdict(float)
+    for name, (ms, _) in per_kernel.items():
+        families[family(name)] += ms
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:25]
+    return {"busy_ms": sum(families.values()), "families": dict(sorted(families.items(), key=lambda kv: -kv[1])),
+            "top": [{"kernel": name[:140], "family": family(name), "ms": ms, "calls": calls}
+                    for name, (ms, calls) in top]}
+
+
+def sampling_run(args):
+    from sampling import PROMPT, build  # bench/sampling.py
+
+    from vqdiffusion.models.fast import attention_backend
+
+    _, ours = build([args.variant], "cuda", 36, reference=False)
+    pipe = ours[args.variant]
+    conditions = pipe._conditions([PROMPT], None, args.batch, True)
+    denoiser = pipe.denoiser(conditions, 5.0, True)
+    sampler = pipe.sampler
+    sampler.compile_math = pipe.speed.compile
+    x_T = torch.full((args.batch, 1024), pipe.schedule.mask_index, device="cuda")
+
+    def run(steps: int):
+        def go():
+            generators = [torch.Generator("cuda").manual_seed(i) for i in range(args.batch)]
+            with torch.no_grad(), attention_backend(pipe.speed.attention):
+                sampler(denoiser, pipe.schedule, x_T, num_inference_steps=steps, truncation_rate=0.86,
+                        generator=generators)
+        return go
+
+    return run, f"sample {args.variant} batch {args.batch} (+ guidance)"
+
+
+def pipeline_call_run(args):
+    """Whole pipeline calls with one step: prompt encoding, the text's K/V, one step, decoding."""
+    from sampling import PROMPT, build  # bench/sampling.py
+
+    _, ours = build([args.variant], "cuda", 36, reference=False)
+    pipe = ours[args.variant]
+
+    def run(calls: int):
+        def go():
+            for _ in range(calls):
+                pipe([PROMPT] * args.batch, num_inference_steps=1, guidance_scale=5.0, truncation_rate=0.86,
+                     generator=[torch.Generator("cuda").manual_seed(i) for i in range(args.batch)], output_type="np")
+        return go
+
+    return run, f"one-step pipeline call {args.variant} batch {args.batch} (per call)"
+
+
+def training_run(args):
+    from train_mfu import build_step  # bench/train_mfu.py
+
+    step = build_step(args.size, args.batch, args.checkpointing == "on", args.compile, args.compile_loss)
+
+    def run(steps: int):
+        def go():
+            for _ in range(steps):
+                step()
+        return go
+
+    return run, (f"train {args.size} batch {args.batch} checkpointing {args.checkpointing} compile {args.compile} "
+                 f"compile-loss {args.compile_loss}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    sample = sub.add_parser("sample")
+    sample.add_argument("--variant", default="bf16-compiled")
+    sample.add_argument("--batch", type=int, default=32)
+    call = sub.add_parser("call", help="whole one-step pipeline calls: where the fixed cost goes")
+    call.add_argument("--variant", default="bf16-compiled")
+    call.add_argument("--batch", type=int, default=32)
+    train = sub.add_parser("train")
+    train.add_argument("--size", default="ithq")
+    train.add_argument("--batch", type=int, default=16)
+    train.add_argument("--checkpointing", choices=["off", "on"], default="off")
+    train.add_argument("--compile", action="store_true")
+    train.add_argument("--compile-loss", action="store_true")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    run, label = {"sample": sampling_run, "call": pipeline_call_run, "train": training_run}[args.what](args)
+    run(3)()  # warm-up: compilation, autotuning, CUDA-graph recording
+    wall_ms = 1e3 * median_seconds(run(args.steps), reps=3, warmup=0) / args.steps
+    table = kernel_table(run(args.steps), args.steps)
+    gpu = torch.cuda.get_device_name()
+    print(f"\n{label} — {gpu}, torch {torch.__version__}")
+    print(f"wall {wall_ms:.2f} ms/step, GPU busy {table['busy_ms']:.2f} ms/step "
+          f"(host-bound gap {wall_ms - table['busy_ms']:.2f} ms)")
+    print("| kernel family | ms/step | share |\n|---|---|---|")
+    for name, ms in table["families"].items():
+        print(f"| {name} | {ms:.2f} | {100 * ms / table['busy_ms']:.1f}% |")
+    print("| top kernels | family | ms/step | calls/step |\n|---|---|---|---|")
+    for row in table["top"][:15]:
+        print(f"| `{row['kernel'][:90]}` | {row['family']} | {row['ms']:.2f} | {row['calls']:.0f} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"label": label, "gpu": gpu, "torch": torch.__version__, "wall_ms": wall_ms, **table}, f,
+                      indent=2)
+
+
+if __name__ == "__main__":
+    main()
