@@ -1,7 +1,7 @@
 """Inference speed-ups of the denoising transformer: FP8 matmuls and the attention kernel choice.
 
 ``VQDiffusionPipeline.optimize`` combines them with fused q/k/v projections, cross-attention keys
-and values computed once per call, and ``torch.compile``; ``bench/fast_sampling.py`` measures
+and values computed once per call, and ``torch.compile``; ``bench/sampling.py`` measures
 each against diffusers on the same GPU.
 """
 
