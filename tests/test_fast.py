@@ -131,6 +131,10 @@ def test_bf16_fast_path_agrees_with_float32_on_a_gpu():
     kept = first.clone()
     tokens(graphs, seed=5)  # replays every CUDA graph: tokens returned earlier must not change
     assert torch.equal(first, kept)
+    for _ in range(2):  # the diffusers sampler's loop under CUDA graphs too (one generator: its draws)
+        drawn = graphs("a red circle", num_inference_steps=4, guidance_scale=3.0, sampler="diffusers",
+                       generator=torch.Generator("cuda").manual_seed(0), output_type="tokens").images
+        assert drawn.shape == (1, graphs.transformer.config.num_tokens)
     expected = reference.decode(exact, "pt")  # float32 eager decoder
     for pipe in (fast, graphs):  # compiled decoders (bf16), the second one CUDA-graphed
         images = pipe.decode(exact, "pt")
