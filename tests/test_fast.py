@@ -105,8 +105,10 @@ def test_to_float8_swaps_the_blocks_matmuls_and_sampling_still_runs():
 def test_optimize_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="fp8 needs a bfloat16 pipeline"):
         tiny_pipeline("text").optimize(fp8=True)
+    refused = tiny_pipeline("text")
     with pytest.raises(ValueError, match="compile must be True, False or one of"):
-        tiny_pipeline("text").optimize(compile="fastest")
+        refused.optimize(compile="fastest")
+    assert refused.transformer.transformer_blocks[0].attn1.to_qkv is None  # refused before fusing anything
     with pytest.raises(ValueError, match="fp8_scaling must be one of"):
         tiny_pipeline("text").to(dtype=torch.bfloat16).optimize(fp8=True, fp8_scaling="column")
     with pytest.raises(ValueError, match="attention must be one of"):

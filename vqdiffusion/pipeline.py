@@ -153,14 +153,15 @@ class VQDiffusionPipeline:
             raise ValueError(f"fp8_scaling must be one of {FP8_SCALINGS}, got {fp8_scaling!r}")
         if fp8 and self.dtype != torch.bfloat16:
             raise ValueError(f"fp8 needs a bfloat16 pipeline (pipe.to(dtype=torch.bfloat16)), this one is {self.dtype}")
+        mode = None if compile is False else ("default" if compile is True else str(compile))
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
+        # every check above comes before the first change below: a refused call leaves the pipeline as it was
         self.transformer.eval().requires_grad_(False)
         if fuse_qkv:
             self.transformer.fuse_qkv()
         if fp8 and not self.speed.fp8:
             to_float8(self.transformer, fp8_scaling)
-        mode = None if compile is False else ("default" if compile is True else str(compile))
-        if mode is not None and mode not in COMPILE_MODES:
-            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
         self._network = self.transformer if mode is None else compile_fast(self.transformer, mode)
         # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies took
         # ~80 ms of a batch-32 ITHQ call (H100); compiled, they fuse and the convolutions go channels-last
