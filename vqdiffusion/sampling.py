@@ -20,7 +20,7 @@ from PIL import Image
 
 from .pipeline import VQDiffusionPipeline
 from .utils.atomic import atomic_write_bytes
-from .utils.images import make_grid, save_png
+from .utils.images import indexed_png, make_grid, save_png
 
 __all__ = ["sample", "load_pipeline", "job_items"]
 
@@ -145,7 +145,7 @@ def sample(cfg: DictConfig) -> Path:
         pipe.optimize(**speed)
     items = job_items(cfg, pipe)
     mine = items[rank::world]
-    todo = [item for item in mine if not (out / f"{item['index']:06d}.png").exists()]
+    todo = [item for item in mine if not indexed_png(out, item["index"]).exists()]
     log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
     settings = {"sampler": cfg.sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
@@ -162,13 +162,13 @@ def sample(cfg: DictConfig) -> Path:
     with tqdm(total=len(todo), desc=f"images (rank {rank})" if world > 1 else "images", unit="img") as bar:
         for batch in _batches(todo, batch_size):
             for item, image in zip(batch, _generate(pipe, batch, cfg)):
-                save_png(image, out / f"{item['index']:06d}.png")  # atomic: a killed run leaves no half file
+                save_png(image, indexed_png(out, item["index"]))  # atomic: a killed run leaves no half file
             bar.update(len(batch))
     drawn, seconds = _all_ranks(len(todo), time.perf_counter() - start, world)
     if rank == 0:
         lines = "".join(json.dumps({**item, **settings}) + "\n" for item in items)
         atomic_write_bytes(out / "samples.jsonl", lines.encode())
-        images = [Image.open(out / f"{item['index']:06d}.png") for item in items[:64]]
+        images = [Image.open(indexed_png(out, item["index"])) for item in items[:64]]
         save_png(make_grid(images, columns=min(8, max(1, cfg.n))), out / "grid.png")
     if cfg.get("eval") and cfg.eval.metrics:
         from .eval.run import evaluate_folder

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from ..utils.atomic import atomic_write_bytes
+from ..utils.images import indexed_png
 from .distribution import DistributionMetrics, cache_key, cached_features, extract_features, feature_statistics
 from .features import load_feature_extractor
 
@@ -50,7 +51,7 @@ def dataset_batches(dataset, count: int, batch_size: int = BATCH):
 
 def load_pngs(folder: Path, items: list[dict]) -> torch.Tensor:
     """uint8 (N, 3, H, W) of the items' PNGs, in their order."""
-    arrays = [np.asarray(Image.open(folder / f"{item['index']:06d}.png").convert("RGB")) for item in items]
+    arrays = [np.asarray(Image.open(indexed_png(folder, item["index"])).convert("RGB")) for item in items]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -98,7 +99,7 @@ def _shapes_faithfulness(out: Path, items: list[dict]) -> dict:
 
     if not items or "prompt" not in items[0]:
         raise ValueError("eval.metrics=[shapes] scores shapes prompts: this job has no prompts")
-    hits = [score_image(Image.open(out / f"{item['index']:06d}.png"), item["prompt"])["relation"] for item in items]
+    hits = [score_image(Image.open(indexed_png(out, item["index"])), item["prompt"])["relation"] for item in items]
     return {"shapes_faithfulness": sum(hits) / len(hits)}
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import math
 import os
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["make_grid", "save_png", "to_pil"]
+__all__ = ["indexed_png", "make_grid", "save_png", "to_pil"]
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -43,3 +44,9 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def indexed_png(folder: str | os.PathLike, index: int) -> Path:
+    """``folder/000042.png``: where a sample folder keeps image ``index`` (sample.py writes it,
+    evaluation reads it)."""
+    return Path(folder) / f"{index:06d}.png"
