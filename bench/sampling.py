@@ -24,6 +24,7 @@ import json
 import time
 
 import torch
+from flops import forward_flops  # bench/flops.py
 from timing import matmul_peak, median_seconds  # bench/timing.py
 
 from vqdiffusion import VQDiffusionPipeline
@@ -69,15 +70,8 @@ VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
 
 
 def flops_per_step(batch: int, guidance: bool) -> float:
-    """Matmul FLOPs of one transformer call (2 per multiply-add), counted from the shapes."""
-    n, d, layers, ctx_len, ctx_dim, codes = 1024, 1408, 36, 77, 512, 4096
-    per_layer = (
-        2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d  # self-attention: qkv, scores + values, out
-        + 2 * n * d * d + 2 * 2 * ctx_len * ctx_dim * d + 2 * 2 * n * ctx_len * d + 2 * n * d * d  # cross
-        + 2 * 2 * n * d * 4 * d  # MLP
-    )
-    per_sequence = layers * per_layer + 2 * n * d * codes
-    return per_sequence * batch * (2 if guidance else 1)
+    """Matmul FLOPs of one ITHQ-size transformer call on ``batch`` images (twice the sequences with guidance)."""
+    return forward_flops("ithq", batch * (2 if guidance else 1))
 
 
 def build(variants: list[str], device: str, layers: int, reference: bool = True):
