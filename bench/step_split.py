@@ -16,8 +16,9 @@ import argparse
 import torch
 from timing import median_seconds  # bench/timing.py
 
-from vqdiffusion.diffusion.guidance import classifier_free_guidance, truncate
-from vqdiffusion.diffusion.process import LOG_PROB_FLOOR, q_posterior, uniform
+from vqdiffusion.diffusion.guidance import classifier_free_guidance
+from vqdiffusion.diffusion.process import uniform
+from vqdiffusion.diffusion.samplers import ancestral_update
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
 
@@ -27,21 +28,11 @@ def timed(fn, reps: int) -> float:
     return 1e3 * median_seconds(fn, reps, warmup=2)
 
 
-def step_math(both, x_t, t, s, schedule, noise_fn, scale=5.0, rate=0.86):
+def step_math(both, x_t, t, s, schedule, u, scale: float = 5.0, rate: float = 0.86):
+    """What the sampler does after the network: guidance, then ``ancestral_update`` (truncation,
+    posterior, Gumbel-max from the uniforms ``u``)."""
     log_uncond, log_cond = both.chunk(2)
-    log_p = classifier_free_guidance(log_uncond, log_cond, scale)
-    log_p = truncate(log_p.float(), rate).clamp(min=LOG_PROB_FLOOR)
-    logits = q_posterior(log_p, x_t, t, s, schedule)
-    return (logits + noise_fn(logits)).argmax(1)
-
-
-def fused_math(both, x_t, t, s, schedule, u, scale: float = 5.0, rate: float = 0.86):
-    log_uncond, log_cond = both.chunk(2)
-    log_p = classifier_free_guidance(log_uncond, log_cond, scale)
-    log_p = truncate(log_p.float(), rate).clamp(min=LOG_PROB_FLOOR)
-    logits = q_posterior(log_p, x_t, t, s, schedule)
-    gumbel = -torch.log((-torch.log(u.clamp_min(1e-30))).clamp_min(1e-30))
-    return (logits + gumbel).argmax(1)
+    return ancestral_update(classifier_free_guidance(log_uncond, log_cond, scale), x_t, t, s, schedule, rate, u)
 
 
 def main() -> None:
@@ -68,20 +59,19 @@ def main() -> None:
             lambda: network(torch.cat([x_t, x_t]), model_timestep(torch.cat([t, t])), context_kv=kv), args.reps)}
         generators = [torch.Generator("cuda").manual_seed(i) for i in range(B)]
         one = torch.Generator("cuda").manual_seed(0)
-        results["step math, eager, one generator per image"] = timed(lambda: step_math(
-            both, x_t, t, s, schedule, lambda like: -torch.log(-torch.log(uniform(like.shape, "cuda", generators)))),
-            args.reps)
-        results["step math, eager, one generator"] = timed(lambda: step_math(
-            both, x_t, t, s, schedule, lambda like: -torch.log(-torch.log(uniform(like.shape, "cuda", one)))),
-            args.reps)
+        shape = (B, K + 1, N)
+        results["step math, eager, one generator per image"] = timed(
+            lambda: step_math(both, x_t, t, s, schedule, uniform(shape, "cuda", generators)), args.reps)
+        results["step math, eager, one generator"] = timed(
+            lambda: step_math(both, x_t, t, s, schedule, uniform(shape, "cuda", one)), args.reps)
         results["uniform draws alone, one generator per image"] = timed(
-            lambda: uniform((B, K + 1, N), "cuda", generators), args.reps)
-        compiled = torch.compile(fused_math)
-        u = uniform((B, K + 1, N), "cuda", one)
+            lambda: uniform(shape, "cuda", generators), args.reps)
+        compiled = torch.compile(step_math)
+        u = uniform(shape, "cuda", one)
         results["step math, compiled (draws excluded)"] = timed(lambda: compiled(both, x_t, t, s, schedule, u),
                                                                 args.reps)
         results["share of tokens where compiled and eager math agree"] = float(
-            (compiled(both, x_t, t, s, schedule, u) == fused_math(both, x_t, t, s, schedule, u)).float().mean())
+            (compiled(both, x_t, t, s, schedule, u) == step_math(both, x_t, t, s, schedule, u)).float().mean())
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch {B} (+ guidance), {args.layers} layers")
     print("| part | ms |\n|---|---|")
     for name, value in results.items():
