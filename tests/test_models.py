@@ -60,6 +60,63 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 
 
+def _training_pass(monkeypatch, **attention_settings):
+    """Log-probabilities and parameter gradients of one float64 training-mode pass of a fixed
+    random model, under the given Attention class settings."""
+    from vqdiffusion.models.transformer import Attention
+
+    for name, value in attention_settings.items():
+        monkeypatch.setattr(Attention, name, value)
+    torch.manual_seed(0)
+    model = tiny_transformer().double().train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    x_t, t, ctx = torch.randint(0, K + 1, (2, 16)), torch.tensor([4, 80]), torch.randn(2, 5, 32).double()
+    out = model(x_t, t, context=ctx)
+    (out * torch.linspace(-1, 1, 16, dtype=torch.float64)).sum().backward()
+    return out, {name: p.grad for name, p in model.named_parameters()}
+
+
+def _assert_same_pass(got, expected):
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-12, atol=1e-12)
+    for name, grad in expected[1].items():
+        torch.testing.assert_close(got[1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_training_stacks_self_attention_qkv_with_the_same_outputs_and_gradients(monkeypatch):
+    """Training's one stacked q/k/v matmul is the three projections' math: same log-probabilities
+    and the same gradient on every parameter (float64, so only a wrong stacking can differ)."""
+    from vqdiffusion.models.transformer import Attention
+
+    separate = _training_pass(monkeypatch, stack_qkv_in_training=False)
+    calls, stack = [], Attention._stacked_qkv
+    monkeypatch.setattr(Attention, "_stacked_qkv", lambda self, x: calls.append(1) or stack(self, x))
+    stacked = _training_pass(monkeypatch, stack_qkv_in_training=True)
+    assert len(calls) == 2  # both blocks' self-attention went through the stacked matmul
+    _assert_same_pass(stacked, separate)
+
+
+def test_residual_in_autocast_dtype_carries_the_stream_in_bf16_only_under_autocast():
+    torch.manual_seed(0)
+    model = tiny_transformer().train()
+    seen = []
+    model.transformer_blocks[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    x_t, t, ctx = torch.randint(0, K + 1, (2, 16)), torch.tensor([4, 80]), torch.randn(2, 5, 32)
+    plain = model(x_t, t, context=ctx)
+    model.residual_in_autocast_dtype = True
+    assert torch.equal(model(x_t, t, context=ctx), plain)  # no autocast: nothing changes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x_t, t, context=ctx)
+        model.residual_in_autocast_dtype = False
+        mixed = model(x_t, t, context=ctx)
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.float32]
+    assert low.dtype == mixed.dtype == torch.float32  # log-probabilities stay float32
+    # both near float32 (bf16 rounding of a 2-layer net), the bf16 stream a little further
+    assert (mixed - plain).abs().max() < 0.05 and (low - plain).abs().max() < 0.1
+    assert not torch.equal(low, mixed)
+
+
 def test_class_conditional_and_unconditional_variants():
     cls = tiny_transformer(context_dim=None, num_classes=10)
     out = cls(torch.randint(0, K + 1, (4, 16)), torch.tensor([1, 2, 3, 4]), class_labels=torch.tensor([0, 3, 9, 10]))

@@ -81,10 +81,17 @@ class AdaLayerNorm(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention through PyTorch SDPA (flash / cuDNN / memory-efficient kernels).
 
-    For inference, :meth:`fuse_qkv` makes self-attention one (D -> 3D) matmul instead of three,
-    and cross-attention can take its keys and values precomputed (:meth:`keys_values`), since the
+    Self-attention's q/k/v are one (D -> 3D) matmul instead of three wherever that pays: in
+    training over the three weights stacked on every call (their gradients reach ``to_q/k/v`` as
+    they are), and for inference over a stacked copy made once by :meth:`fuse_qkv`.
+    Cross-attention can take its keys and values precomputed (:meth:`keys_values`), since the
     text does not change across the steps of a sampling run.
     """
+
+    # One wide matmul fills the GPU better than three 1408-wide ones (ITHQ: ~500 TFLOP/s each on
+    # an H100), and its backward is one input-gradient matmul instead of three plus two adds.
+    # bench/train_mfu.py --no-stacked-qkv turns it off to measure what it gives.
+    stack_qkv_in_training: bool = True
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None, bias: bool) -> None:
         super().__init__()
@@ -136,7 +143,9 @@ class Attention(nn.Module):
         if keys_values is not None:
             q, (k, v) = self._heads(self.to_q(x)), keys_values
         elif context is None and self.to_qkv is not None and not self.training:
-            q, k, v = self._fused_heads(x)
+            q, k, v = self._split_qkv(self.to_qkv(x))
+        elif context is None and self.training and self.stack_qkv_in_training:
+            q, k, v = self._split_qkv(self._stacked_qkv(x))
         else:
             source = x if context is None else context
             q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(source)), self._heads(self.to_v(source))
@@ -144,9 +153,17 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.to_out[0](out)
 
-    def _fused_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        qkv = self.to_qkv(x).view(x.shape[0], x.shape[1], 3, self.heads, -1)  # (B, N, 3, H, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+    def _stacked_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, 3 * inner): q, k and v from one matmul over the stacked weights."""
+        projections = (self.to_q, self.to_k, self.to_v)
+        weight = torch.cat([p.weight for p in projections])
+        bias = None if self.to_q.bias is None else torch.cat([p.bias for p in projections])
+        return F.linear(x, weight, bias)
+
+    def _split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, 3 * inner) -> q, k, v, each (B, H, N, d)."""
+        qkv = qkv.view(qkv.shape[0], qkv.shape[1], 3, self.heads, -1)  # (B, N, 3, H, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
 
@@ -249,6 +266,11 @@ class VQDiffusionTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.norm_out = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, config.num_embeds)
+        # Under autocast the residual stream stays float32 by default: each block's bf16 output is
+        # added to it in float32. True carries it in the autocast dtype instead, which halves the
+        # bytes every LayerNorm, residual add and their gradients move (Megatron-LM's default,
+        # fp32_residual_connection=False); LayerNorm still computes in float32. Not saved.
+        self.residual_in_autocast_dtype = False
 
     @property
     def null_class(self) -> int | None:
@@ -301,6 +323,8 @@ class VQDiffusionTransformer(nn.Module):
             raise ValueError("this transformer cross-attends to text: pass context (B, L, C)")
 
         h = self.latent_image_embedding(x_t)  # (B, N, D)
+        if self.residual_in_autocast_dtype and torch.is_autocast_enabled(h.device.type):
+            h = h.to(torch.get_autocast_dtype(h.device.type))
         for index, block in enumerate(self.transformer_blocks):
             keys_values = None if context_kv is None else context_kv[index]
             if self.config.gradient_checkpointing and torch.is_grad_enabled():
