@@ -57,3 +57,15 @@ def test_throughput_counts_image_and_pre_tokenised_batches(key, monkeypatch):
         meter.on_train_batch_end(None, None, None, {key: torch.zeros(8, 4)}, step)
     result = meter.summary(world_size=2)
     assert result["step_seconds"] == 0.5 and result["samples_per_second"] == 8 * 2 / 0.5
+
+
+def test_compile_compiles_each_block_in_place_and_bf16_residual_reaches_the_transformer():
+    torch.manual_seed(0)
+    args = ({"num_layers": 2, "num_heads": 2, "head_dim": 8}, dataclasses.asdict(TINY_VQVAE), {"kind": "none"},
+            {"preset": "mask_only", "num_timesteps": 10})
+    eager, compiled = DiffusionModule(*args), DiffusionModule(*args, compile=True, bf16_residual=True)
+    assert all(block._compiled_call_impl is not None for block in compiled.transformer.transformer_blocks)
+    assert compiled.transformer._compiled_call_impl is None  # blocks only: the rest stays eager
+    assert compiled.loss.compile_math and not eager.loss.compile_math
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
+    assert compiled.transformer.residual_in_autocast_dtype and not eager.transformer.residual_in_autocast_dtype

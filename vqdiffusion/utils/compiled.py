@@ -20,8 +20,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def inductor_options(mode: str | None = None) -> dict:
-    """What ``torch.compile(mode=mode)`` sets, plus multi-kernel reductions: each row reduction
+def inductor_options(mode: str | None = None, multi_kernel: bool = True) -> dict:
+    """What ``torch.compile(mode=mode)`` sets, plus (``multi_kernel``) multi-kernel reductions: each row reduction
     (LayerNorm over the width, the FP8 row scales) is built both as a persistent kernel holding
     the row in registers and as a looped one, and the faster is kept at run time. Inductor's own
     threshold makes rows over 1024 wide looped, which reads them twice: on the ITHQ transformer
@@ -34,6 +34,8 @@ def inductor_options(mode: str | None = None) -> dict:
         options = {"coordinate_descent_tuning": True}
     else:
         options = {} if mode in (None, "default") else dict(torch._inductor.list_mode_options(mode))
+    if not multi_kernel:
+        return options
     options["triton.multi_kernel"] = 1
     # torch 2.11's cache of the picked kernels crashed on a reloaded Triton kernel ("'NoneType'
     # object does not support the context manager protocol" in JITFunction.cache_key); without
