@@ -1,7 +1,7 @@
 """Where the GPU time of one sampling or training step goes, kernel by kernel (torch.profiler).
 
     python bench/profile_step.py sample --variant bf16-compiled --batch 32
-    python bench/profile_step.py train --size ithq --batch 16 --compile --compile-loss
+    python bench/profile_step.py train --size ithq --batch 16 --compile blocks --compile-loss
 
 ``sample`` profiles ``--steps`` ancestral steps of the ITHQ-size pipeline (random weights, guidance
 5, truncation 0.86; the loop only, without prompt encoding and decoding); ``train`` profiles
@@ -15,6 +15,7 @@ fused Triton kernels, PyTorch's own elementwise/reduction kernels, copies) and t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -108,9 +109,10 @@ def pipeline_call_run(args):
 
 
 def training_run(args):
-    from train_mfu import build_step  # bench/train_mfu.py
+    from train_mfu import build_step, step_options  # bench/train_mfu.py
 
-    step = build_step(args.size, args.batch, args.checkpointing == "on", args.compile, args.compile_loss)
+    options = step_options(args)
+    step = build_step(options)
 
     def run(steps: int):
         def go():
@@ -118,8 +120,7 @@ def training_run(args):
                 step()
         return go
 
-    return run, (f"train {args.size} batch {args.batch} checkpointing {args.checkpointing} compile {args.compile} "
-                 f"compile-loss {args.compile_loss}")
+    return run, "train " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(options).items())
 
 
 def main() -> None:
@@ -131,12 +132,10 @@ def main() -> None:
     call = sub.add_parser("call", help="whole one-step pipeline calls: where the fixed cost goes")
     call.add_argument("--variant", default="bf16-compiled")
     call.add_argument("--batch", type=int, default=32)
-    train = sub.add_parser("train")
-    train.add_argument("--size", default="ithq")
-    train.add_argument("--batch", type=int, default=16)
-    train.add_argument("--checkpointing", choices=["off", "on"], default="off")
-    train.add_argument("--compile", action="store_true")
-    train.add_argument("--compile-loss", action="store_true")
+    train = sub.add_parser("train", help="training steps of bench/train_mfu.py (same flags, one setting)")
+    from train_mfu import add_step_arguments  # bench/train_mfu.py
+
+    add_step_arguments(train, many=False)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

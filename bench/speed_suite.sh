@@ -6,15 +6,16 @@
 set -uo pipefail
 what=${1:-all}
 out=${OUT:-bench/out}; mkdir -p "$out"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # vqdiffusion from this checkout, installed or not
 if ls .whl/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader
 quiet() { grep -v -i "warn\|float32\|mask_class\|deprecat"; }
 if [ "$what" = profile ]; then  # where the time goes (bench/profile_step.py), not part of "all"
   timeout 230 python3 bench/profile_step.py --out "$out/profile_train_ithq_b16.json" \
-      train --size ithq --batch 16 --compile --compile-loss 2>&1 | quiet | tail -25
+      train --size ithq --batch 16 --compile blocks --compile-loss --bf16-residual 2>&1 | quiet | tail -25
   for spec in "bf16-compiled 32" "fp8-compiled 32" "bf16-graphs 1"; do
     set -- $spec
     timeout 112 python3 bench/profile_step.py --out "$out/profile_sample_$1_b$2.json" \
@@ -30,13 +31,18 @@ if [ "$what" != training ]; then
   timeout 200 python3 bench/step_split.py 2>&1 | quiet | tail -8
 fi
 if [ "$what" != sampling ]; then
-  timeout 560 python3 bench/train_mfu.py --size ithq --batch 16 24 --checkpointing off --compile --compile-loss \
-      --multi-kernel --out "$out/train_ithq.json" 2>&1 | quiet | tail -3
-  # the largest batch without full recomputation: compile's partitioner recomputes cheap activations
-  timeout 420 python3 bench/train_mfu.py --size ithq --batch 32 --checkpointing off --compile --compile-loss \
-      --memory-budget 0.6 --out "$out/train_ithq_budget.json" 2>&1 | quiet | tail -3
-  timeout 420 python3 bench/train_mfu.py --size ithq --batch 64 --checkpointing on --compile --compile-loss --multi-kernel \
-      --out "$out/train_ithq_ckpt.json" 2>&1 | quiet | tail -3
-  timeout 300 python3 bench/train_mfu.py --size coco --batch 32 --checkpointing off --compile --compile-loss --multi-kernel \
-      --out "$out/train_coco.json" 2>&1 | quiet | tail -3
+  # transformer blocks compiled one by one (one graph for all; the whole-model compile of the ITHQ
+  # size outlasted 150 s) and the loss math; float32 then bf16 residual stream; the largest batches
+  t="--compile blocks --compile-loss"
+  timeout 150 python3 bench/train_mfu.py --size ithq --batch 16 24 --checkpointing off $t \
+      --out "$out/train_ithq.json" 2>&1 | quiet | tail -4
+  timeout 150 python3 bench/train_mfu.py --size ithq --batch 16 24 --checkpointing off $t --bf16-residual \
+      --out "$out/train_ithq_bf16_residual.json" 2>&1 | quiet | tail -4
+  timeout 100 python3 bench/train_mfu.py --size ithq --batch 24 --accumulate 2 $t --bf16-residual \
+      --out "$out/train_ithq_accumulate.json" 2>&1 | quiet | tail -3
+  # what gradient checkpointing costs at the same batch, and the batch it makes fit
+  timeout 150 python3 bench/train_mfu.py --size ithq --batch 24 64 --checkpointing on $t --bf16-residual \
+      --out "$out/train_ithq_ckpt.json" 2>&1 | quiet | tail -4
+  timeout 150 python3 bench/train_mfu.py --size coco --batch 32 48 --checkpointing off $t --bf16-residual \
+      --out "$out/train_coco.json" 2>&1 | quiet | tail -4
 fi

@@ -1,20 +1,24 @@
 """Diffusion-stage training throughput and MFU at the paper sizes (one GPU, bf16 autocast).
 
-    python bench/train_mfu.py --size ithq --batch 8 16 32 --checkpointing off on --compile
+    python bench/train_mfu.py --size ithq --batch 8 16 32 --checkpointing off on --compile blocks
 
 One training step = sample t, q(x_t | x0), the transformer, the full VQ-Diffusion loss (posterior
-KLs over (B, K+1, N)), backward, fused AdamW on float32 master weights. Random tokens and text
-embeddings: the cost does not depend on them. Timed with CUDA events over ``--steps`` steps after
-``--warmup`` (compile included there). MFU = model matmul FLOPs (3x the forward's, counted from
-the shapes; recomputation under checkpointing is not counted as useful work) / time / the bf16
-matmul peak measured in the same process. A batch that does not fit is reported as OOM.
+KLs over (B, K+1, N)), backward, gradient clipping, fused AdamW on float32 master weights; with
+``--accumulate N``, N such forward/backward passes of ``--batch`` samples per optimizer step
+(Lightning's ``accumulate_grad_batches``). Random tokens and text embeddings: the cost does not
+depend on them. Timed with CUDA events over ``--steps`` steps after ``--warmup`` (compile
+included there). MFU = model matmul FLOPs (3x the forward's, counted from the shapes;
+recomputation under checkpointing is not counted as useful work) / time / the bf16 matmul peak
+measured in the same process. A batch that does not fit is reported as OOM.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+from contextlib import nullcontext
 
 import torch
 from flops import SIZES, forward_flops  # bench/flops.py
@@ -23,32 +27,101 @@ from timing import matmul_peak, median_seconds  # bench/timing.py
 from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
-from vqdiffusion.utils.compiled import inductor_options
+from vqdiffusion.models.fast import ATTENTION_BACKENDS, attention_backend
+from vqdiffusion.models.transformer import Attention
+from vqdiffusion.utils.compiled import COMPILE_MODES, inductor_options
+
+COMPILE_SCOPES = ("off", "model", "blocks")
 
 
-def build_step(size: str, batch: int, checkpointing: bool, compile_: bool, compile_loss: bool = False,
-               memory_budget: float | None = None, multi_kernel: bool = False):
+@dataclasses.dataclass
+class StepOptions:
+    """What one measured training step does (the command line of this script and of
+    ``profile_step.py train``)."""
+
+    size: str = "ithq"
+    batch: int = 16  # samples per forward/backward pass
+    accumulate: int = 1  # passes per optimizer step
+    checkpointing: bool = False
+    compile: str = "off"  # "model": torch.compile of the whole transformer; "blocks": of each block
+    compile_mode: str = "default"  # torch.compile's mode, or "tuned" (vqdiffusion.utils.compiled)
+    compile_loss: bool = False  # the loss math after the network
+    memory_budget: float | None = None  # compile's activation memory budget in (0, 1]
+    multi_kernel: bool = False  # inductor's multi-kernel reductions, as sampling's fast path uses
+    stacked_qkv: bool = True  # self-attention q/k/v as one matmul in training (the model's default)
+    bf16_residual: bool = False  # the residual stream in bf16 under autocast, not float32
+    attention: str = "auto"  # SDPA kernel tried first
+
+    @property
+    def samples(self) -> int:
+        return self.batch * self.accumulate
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
+    """The StepOptions flags; ``many``: --size/--batch/--checkpointing take lists (a sweep)."""
+    nargs = "+" if many else None
+    parser.add_argument("--size", choices=sorted(SIZES), nargs=nargs, default=["ithq"] if many else "ithq")
+    parser.add_argument("--batch", type=int, nargs=nargs, default=[8, 16, 32] if many else 16)
+    parser.add_argument("--checkpointing", choices=["off", "on"], nargs=nargs, default=["off"] if many else "off")
+    parser.add_argument("--accumulate", type=int, default=1, help="forward/backward passes per optimizer step")
+    parser.add_argument("--compile", choices=COMPILE_SCOPES, default="off",
+                        help="torch.compile the whole transformer or each block (regional: compiles once)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    parser.add_argument("--compile-loss", action="store_true", help="torch.compile the loss math after it")
+    parser.add_argument("--multi-kernel", action="store_true",
+                        help="with --compile: inductor's multi-kernel (persistent) reductions, as sampling uses")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="with --compile: activation memory budget in (0, 1] (1 = save everything)")
+    parser.add_argument("--no-stacked-qkv", action="store_true",
+                        help="three q/k/v matmuls in training instead of one over the stacked weights")
+    parser.add_argument("--bf16-residual", action="store_true",
+                        help="carry the residual stream in bf16 under autocast (residual_in_autocast_dtype)")
+    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="SDPA kernel tried first")
+
+
+def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
+    """StepOptions from parsed flags; ``sweep`` gives this row's size/batch/checkpointing."""
+    values = {"size": args.size, "batch": args.batch, "checkpointing": args.checkpointing == "on", **sweep}
+    return StepOptions(accumulate=args.accumulate, compile=args.compile, compile_mode=args.compile_mode,
+                       compile_loss=args.compile_loss, bf16_residual=args.bf16_residual,
+                       memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
+                       stacked_qkv=not args.no_stacked_qkv, attention=args.attention, **values)
+
+
+def build_step(options: StepOptions):
     """One training step as a function of nothing (random tokens and text, fixed per call)."""
-    layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[size]
+    layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[options.size]
     config = TransformerConfig(num_embeds=codes, height=32, width=32, num_layers=layers, num_heads=heads,
-                               head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=checkpointing)
+                               head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=options.checkpointing)
     torch.manual_seed(0)
     model = VQDiffusionTransformer(config).cuda()
-    if memory_budget is not None:  # compile's partitioner recomputes the cheapest activations to fit it
-        torch._functorch.config.activation_memory_budget = memory_budget
-    options = inductor_options() if multi_kernel else None  # the sampling fast path's compile options
-    network = torch.compile(model, options=options) if compile_ else model
+    Attention.stack_qkv_in_training = options.stacked_qkv
+    if options.memory_budget is not None:  # compile's partitioner recomputes the cheapest activations to fit it
+        torch._functorch.config.activation_memory_budget = options.memory_budget
+    model.residual_in_autocast_dtype = options.bf16_residual
+    compile_options = inductor_options(options.compile_mode, multi_kernel=options.multi_kernel)
+    if options.compile == "model":
+        network = torch.compile(model, options=compile_options)
+    elif options.compile == "blocks":  # in place: one compiled graph serves every (identical) block
+        for block in model.transformer_blocks:
+            block.compile(options=compile_options)
+        network = model
+    else:
+        network = model
     schedule = NoiseSchedule(codes).to(device="cuda")
     loss_fn = DiffusionLoss(schedule).to("cuda")
-    loss_fn.compile_math = compile_loss  # train.py's diffusion_training.compile=true turns on both
+    loss_fn.compile_math = options.compile_loss  # train.py's diffusion_training.compile=true turns on both
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x0 = torch.randint(0, codes, (batch, 1024), device="cuda")
-    context = torch.randn(batch, ctx_len, ctx_dim, device="cuda")
+    x0 = torch.randint(0, codes, (options.batch, 1024), device="cuda")
+    context = torch.randn(options.batch, ctx_len, ctx_dim, device="cuda")
+    kernels = attention_backend(options.attention) if options.attention != "auto" else nullcontext()
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context), x0)
-        terms["loss"].backward()
+        with kernels:
+            for _ in range(options.accumulate):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context), x0)
+                (terms["loss"] / options.accumulate).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -57,29 +130,25 @@ def build_step(size: str, batch: int, checkpointing: bool, compile_: bool, compi
     return step
 
 
-def measure(size: str, batch: int, checkpointing: bool, compile_: bool, steps: int, warmup: int,
-            compile_loss: bool = False, memory_budget: float | None = None, multi_kernel: bool = False) -> dict:
-    step = build_step(size, batch, checkpointing, compile_, compile_loss, memory_budget, multi_kernel)
+def measure(options: StepOptions, steps: int, warmup: int) -> dict:
+    begin = time.perf_counter()
+    step = build_step(options)
+    step()  # the first step compiles
+    torch.cuda.synchronize()
+    first_step_s = time.perf_counter() - begin
     torch.cuda.reset_peak_memory_stats()
     seconds = median_seconds(step, reps=steps, warmup=warmup)
-    return {"ms_per_step": 1e3 * seconds, "samples_per_s": batch / seconds,
-            "tflops": 3 * forward_flops(size, batch) / seconds / 1e12,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "parameters_m": step.parameters_m}
+    return {"ms_per_step": 1e3 * seconds, "samples_per_s": options.samples / seconds,
+            "tflops": 3 * forward_flops(options.size, options.samples) / seconds / 1e12,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "parameters_m": step.parameters_m,
+            "first_step_s": first_step_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), nargs="+", default=["ithq"])
-    parser.add_argument("--batch", type=int, nargs="+", default=[8, 16, 32])
-    parser.add_argument("--checkpointing", choices=["off", "on"], nargs="+", default=["off", "on"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer")
-    parser.add_argument("--compile-loss", action="store_true", help="torch.compile the loss math after it")
-    parser.add_argument("--multi-kernel", action="store_true",
-                        help="with --compile: inductor's multi-kernel (persistent) reductions, as sampling uses")
-    parser.add_argument("--memory-budget", type=float, default=None,
-                        help="with --compile: activation memory budget in (0, 1] (1 = save everything)")
+    add_step_arguments(parser, many=True)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="steps after the first (compiling) one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -90,19 +159,21 @@ def main() -> None:
     for size in args.size:
         for checkpointing in args.checkpointing:
             for batch in args.batch:
-                row = {"size": size, "batch": batch, "checkpointing": checkpointing, "compile": args.compile,
-                       "compile_loss": args.compile_loss, "memory_budget": args.memory_budget,
-                       "multi_kernel": args.multi_kernel}
+                options = step_options(args, size=size, batch=batch, checkpointing=checkpointing == "on")
+                row = dataclasses.asdict(options)
+                label = (f"{size} b={batch}x{options.accumulate} ckpt={checkpointing} compile={options.compile} "
+                         f"mode={options.compile_mode} stacked_qkv={options.stacked_qkv} "
+                         f"bf16_residual={options.bf16_residual} "
+                         f"attention={options.attention}")
                 try:
-                    row.update(measure(size, batch, checkpointing == "on", args.compile, args.steps, args.warmup,
-                                       args.compile_loss, args.memory_budget, args.multi_kernel))
+                    row.update(measure(options, args.steps, args.warmup))
                     row["mfu"] = row["tflops"] / peak
-                    print(f"{size} b={batch} ckpt={checkpointing}: {row['ms_per_step']:.0f} ms, "
-                          f"{row['samples_per_s']:.1f} samples/s, {row['tflops']:.0f} TFLOP/s, "
-                          f"MFU {100 * row['mfu']:.1f}%, {row['peak_memory_gib']:.1f} GiB", flush=True)
+                    print(f"{label}: {row['ms_per_step']:.0f} ms, {row['samples_per_s']:.1f} samples/s, "
+                          f"{row['tflops']:.0f} TFLOP/s, MFU {100 * row['mfu']:.1f}%, "
+                          f"{row['peak_memory_gib']:.1f} GiB, first step {row['first_step_s']:.0f} s", flush=True)
                 except torch.OutOfMemoryError:
                     row["oom"] = True
-                    print(f"{size} b={batch} ckpt={checkpointing}: OOM", flush=True)
+                    print(f"{label}: OOM", flush=True)
                 rows.append(row)
                 if args.out:  # after every row: a later row's time-out must not lose the earlier ones
                     with open(args.out, "w") as f:
@@ -110,15 +181,27 @@ def main() -> None:
                                    "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
                 torch._dynamo.reset()
                 torch.cuda.empty_cache()
-    print("| size | batch | checkpointing | ms/step | samples/s | TFLOP/s | MFU | peak memory |")
-    print("|---|---|---|---|---|---|---|---|")
+    # the peak again after the runs: MFU against the higher of the two readings
+    peak_after = matmul_peak()
+    print(f"measured bf16 matmul peak after the runs {peak_after:.0f} TFLOP/s", flush=True)
+    peak = max(peak, peak_after)
     for r in rows:
+        if not r.get("oom"):
+            r["mfu"] = r["tflops"] / peak
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
+                       "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
+    print("| size | batch | checkpointing | compile | ms/step | samples/s | TFLOP/s | MFU | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        batch = f"{r['batch']}x{r['accumulate']}" if r["accumulate"] > 1 else r["batch"]
+        cells = f"| {r['size']} | {batch} | {'on' if r['checkpointing'] else 'off'} | {r['compile']} |"
         if r.get("oom"):
-            print(f"| {r['size']} | {r['batch']} | {r['checkpointing']} | OOM | | | | |")
+            print(f"{cells} OOM | | | | |")
         else:
-            print(f"| {r['size']} | {r['batch']} | {r['checkpointing']} | {r['ms_per_step']:.0f} | "
-                  f"{r['samples_per_s']:.1f} | {r['tflops']:.0f} | {100 * r['mfu']:.1f}% | "
-                  f"{r['peak_memory_gib']:.1f} GiB |")
+            print(f"{cells} {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} | {r['tflops']:.0f} | "
+                  f"{100 * r['mfu']:.1f}% | {r['peak_memory_gib']:.1f} GiB |")
 
 
 if __name__ == "__main__":
