@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils.compiled import uses_cuda_graphs
+from ..utils.compiled import begin_graph_step
 from .loss import LogPX0Fn
 from .process import LOG_PROB_FLOOR
 from .samplers import EditSpec, Sampler, StepCallback
@@ -45,10 +45,8 @@ class DiffusersSampler(Sampler):
         if not 1 <= steps <= schedule.num_timesteps:
             raise ValueError(f"num_inference_steps must be in [1, {schedule.num_timesteps}], got {steps}")
         batch = x_t.shape[0]
-        graphs = uses_cuda_graphs(self.compile_math)
         for i, timestep in enumerate(range(steps - 1, -1, -1)):  # diffusers' timestep = paper t - 1
-            if graphs:  # as in Sampler.__call__: the last step's CUDA-graph outputs are used up
-                torch.compiler.cudagraph_mark_step_begin()
+            begin_graph_step(self.compile_math)
             paper_t = torch.full((batch,), timestep + 1, device=x_t.device)
             log_p = _truncate_like_diffusers(log_p_x0(x_t, paper_t).float(), truncation_rate)
             log_p = log_p.clamp(LOG_PROB_FLOOR)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops.truncation import truncate_fast
-from ..utils.compiled import compiled, uses_cuda_graphs
+from ..utils.compiled import begin_graph_step, compiled, uses_cuda_graphs
 from .guidance import check_truncation_rate, truncate
 from .loss import LogPX0Fn
 from .process import (
@@ -122,11 +122,9 @@ class Sampler:
         steps = start if num_inference_steps is None else num_inference_steps
         times = schedule.respaced_timesteps(steps, start)
         keep = None if edit is None or edit.keep_mask is None else edit.keep_mask
-        graphs = uses_cuda_graphs(self.compile_math)
         for i, t in enumerate(times):
             s = times[i + 1] if i + 1 < len(times) else 0
-            if graphs:  # a new CUDA-graph generation: the last step's graph outputs are used up
-                torch.compiler.cudagraph_mark_step_begin()
+            begin_graph_step(self.compile_math)
             x_t = self.step(log_p_x0, schedule, x_t, t, s, truncation_rate, generator)
             if keep is not None:
                 x_t = torch.where(keep, edit.tokens, x_t)

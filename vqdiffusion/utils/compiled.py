@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["COMPILE_MODES", "compile_fast", "compiled", "inductor_options", "uses_cuda_graphs"]
+__all__ = ["COMPILE_MODES", "begin_graph_step", "compile_fast", "compiled", "inductor_options", "uses_cuda_graphs"]
 
 # torch.compile's modes, plus "tuned": the default mode with coordinate-descent tuning of every
 # generated Triton kernel's launch configuration (block sizes, warps), without the GEMM autotuning
@@ -60,3 +60,10 @@ def uses_cuda_graphs(mode: str | None) -> bool:
     """Whether a ``torch.compile`` mode replays CUDA graphs, whose outputs live in buffers the next
     replay overwrites (clone what must outlive it)."""
     return mode in _CUDA_GRAPH_MODES
+
+
+def begin_graph_step(mode: str | None) -> None:
+    """Call before each sampling step: under a CUDA-graph mode, starts a new graph generation (the
+    previous step's graph outputs are used up, so their buffers may be reused); otherwise nothing."""
+    if uses_cuda_graphs(mode):
+        torch.compiler.cudagraph_mark_step_begin()
