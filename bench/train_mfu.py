@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import time
-from contextlib import nullcontext
 
 import torch
 from flops import SIZES, forward_flops  # bench/flops.py
@@ -114,10 +113,9 @@ def build_step(options: StepOptions):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x0 = torch.randint(0, codes, (options.batch, 1024), device="cuda")
     context = torch.randn(options.batch, ctx_len, ctx_dim, device="cuda")
-    kernels = attention_backend(options.attention) if options.attention != "auto" else nullcontext()
 
     def step() -> None:
-        with kernels:
+        with attention_backend(options.attention):  # a fresh context each step: one is single-use
             for _ in range(options.accumulate):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context), x0)
