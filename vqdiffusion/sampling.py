@@ -8,6 +8,7 @@ written and the final set never depends on the batch size or on interruptions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from .pipeline import VQDiffusionPipeline
+from .pipeline import SpeedSettings, VQDiffusionPipeline
 from .utils.atomic import atomic_write_bytes
 from .utils.images import indexed_png, make_grid, save_png
 
@@ -185,8 +186,8 @@ def sample(cfg: DictConfig) -> Path:
 def _speed_settings(cfg: DictConfig) -> dict:
     """The ``speed`` options that differ from "as loaded" (empty: no optimisation)."""
     options = OmegaConf.to_container(cfg.get("speed") or {}, resolve=True)
-    off = {"fuse_qkv": False, "cache_context": False, "attention": "auto", "compile": False, "fp8": False,
-           "fp8_scaling": "row"}
+    # a pipeline as loaded; the config spells "no compile" as false where SpeedSettings holds None
+    off = {**dataclasses.asdict(SpeedSettings()), "compile": False}
     unknown = sorted(set(options) - set(off))
     if unknown:
         raise ValueError(f"unknown speed options {unknown}; expected {sorted(off)}")
