@@ -39,7 +39,7 @@ class DiffusionModule(pl.LightningModule):
             ``ema_every`` optimiser steps; validation and export use it.
         seed: with the step number, seeds each step's draws (t, x_t, caption dropout).
         compile: ``torch.compile`` the training transformer, block by block (GPU runs; the first
-            step pays the compile, ~30 s at the ITHQ size), and the loss math after it.
+            step pays the compile, under a minute at the ITHQ size), and the loss math after it.
         bf16_residual: under bf16 autocast, carry the transformer's residual stream in bf16
             instead of float32 (``VQDiffusionTransformer.residual_in_autocast_dtype``): 4% faster
             at the ITHQ size on an H100, gradients a little further from float32's
