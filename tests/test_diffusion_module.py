@@ -1,5 +1,6 @@
 """The diffusion stage's optimiser wiring: fused AdamW with the module's own gradient clipping."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -29,6 +30,7 @@ def test_clipping_bounds_the_gradients_and_keeps_their_direction(module, algorit
         p.grad = torch.randn_like(p) * 10
     before = torch.cat([p.grad.flatten() for p in params])
     module.configure_gradient_clipping(optimizer, 0.5, algorithm)
+    optimizer.step()  # a norm clip is folded into the fused AdamW step, which writes the clipped gradients back
     after = torch.cat([p.grad.flatten() for p in params])
     if algorithm == "value":
         assert after.abs().max() <= 0.5 + 1e-6
@@ -36,6 +38,51 @@ def test_clipping_bounds_the_gradients_and_keeps_their_direction(module, algorit
     else:
         assert after.norm() == pytest.approx(0.5, rel=1e-4)
         torch.testing.assert_close(after, before * (0.5 / before.norm()), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])  # clipped, and below the bound (no change)
+def test_clipping_folded_into_the_fused_step_updates_like_clipping_first(max_norm):
+    from vqdiffusion.utils.optim import clip_grad_norm_in_step
+
+    torch.manual_seed(0)
+    folded = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    separate = copy.deepcopy(folded)
+    norms = {}
+    for name, net in (("folded", folded), ("separate", separate)):
+        optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+        norms[name] = []
+        for step in range(3):
+            x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step))
+            (10 * net(x).square().sum()).backward()
+            clip = clip_grad_norm_in_step if name == "folded" else torch.nn.utils.clip_grad_norm_
+            norms[name].append(float(clip(optimizer if name == "folded" else net.parameters(), max_norm)))
+            optimizer.step()
+            optimizer.zero_grad()
+    assert norms["folded"] == pytest.approx(norms["separate"], rel=1e-6) and min(norms["folded"]) > 100
+    for a, b in zip(folded.parameters(), separate.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    if max_norm < 100:  # the bound binds here: a fold that skipped clipping would have moved the weights elsewhere
+        assert not torch.allclose(folded[0].weight, _unclipped()[0].weight, atol=1e-3)
+
+
+def _unclipped() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+    for step in range(3):
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step))
+        (10 * net(x).square().sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return net
+
+
+def test_clipping_in_step_refuses_an_unfused_optimizer():
+    from vqdiffusion.utils.optim import clip_grad_norm_in_step
+
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="needs a fused Adam/AdamW, got SGD"):
+        clip_grad_norm_in_step(torch.optim.SGD(net.parameters(), lr=0.1), 1.0)
 
 
 def test_no_clip_value_leaves_the_gradients(module):

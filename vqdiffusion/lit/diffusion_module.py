@@ -18,6 +18,7 @@ from ..models.conditioning import CachedTextEncoder, LearnedNullEmbedding
 from ..models.transformer import TransformerConfig, VQDiffusionTransformer
 from ..models.vqvae import VQVAE, VQVAEConfig
 from ..pipeline import VQDiffusionPipeline
+from ..utils.optim import clip_grad_norm_in_step, folds_clipping
 from .schedules import LR_SCHEDULES, lr_scheduler_config
 
 __all__ = ["DiffusionModule"]
@@ -216,6 +217,8 @@ class DiffusionModule(pl.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        elif folds_clipping(optimizer):  # the fused AdamW divides the gradients as it steps
+            clip_grad_norm_in_step(optimizer, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
