@@ -4,7 +4,9 @@
 
 Times self-attention (1024 queries and keys) and cross-attention (1024 queries, 77 text keys) of
 one layer, bf16, with each SDPA backend forced (cuDNN, flash, memory-efficient, math), plus the
-cross-attention written out as two matmuls and a softmax under ``torch.compile``. ``--pad``
+cross-attention written out as two matmuls and a softmax under ``torch.compile``, and through the
+short-key Triton kernel of ``bench/short_attention_kernel.py`` (an experiment, not in the model)
+at each of ``--short-configs`` (its errors against float32 SDPA printed too). ``--pad``
 also times cuDNN on q/k/v already padded to a wider head dim (the kernel alone, not the copies)
 to show what a tile-friendly head dim would buy. CUDA events, median of ``--reps`` after warm-up;
 TFLOP/s counts the unpadded head dim (4 N M d per head forward, 2.5x that for the backward).
@@ -18,6 +20,7 @@ import json
 import math
 import time
 
+import short_attention_kernel as short  # bench/short_attention_kernel.py
 import torch
 import torch.nn.functional as F
 from flops import SIZES  # bench/flops.py
@@ -34,10 +37,35 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 
+def short_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The short-key kernel with its merged-heads output split again: (B, H, N, d) like SDPA's."""
+    batch, heads, queries, head_dim = q.shape
+    return short.short_attention(q, k, v).view(batch, queries, heads, head_dim).transpose(1, 2)
+
+
+def short_kernel_errors(q_shape, kv_shape) -> dict:
+    """Largest errors of the short-key kernel's output and q/k/v gradients (bf16) against float32
+    SDPA on the same bf16 inputs, relative to the reference's largest magnitude."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for shape in (q_shape, kv_shape, kv_shape))
+    grad = torch.randn(q_shape, device="cuda", dtype=torch.bfloat16)
+    errors = {}
+    results = {}
+    for name, attend, dtype in (("kernel", short_kernel, torch.bfloat16),
+                                ("float32", F.scaled_dot_product_attention, torch.float32)):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = attend(*leaves)
+        out.backward(grad.to(dtype))
+        results[name] = [out.detach().float()] + [t.grad.float() for t in leaves]
+    for label, got, want in zip(("out", "dq", "dk", "dv"), results["kernel"], results["float32"]):
+        errors[label] = ((got - want).abs().max() / want.abs().max()).item()
+    return errors
+
+
 def timed(run, reps: int) -> float | None:
     try:
         return 1e3 * median_seconds(run, reps=reps, warmup=3)
-    except RuntimeError as error:  # a backend that does not take this shape says so
+    except Exception as error:  # a backend refusing this shape, or kernel settings that do not fit, say so
         print(f"    unavailable: {str(error).splitlines()[0][:120]}")
         return None
 
@@ -74,6 +102,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--pad", type=int, nargs="*", default=[96, 128], help="padded head dims for cuDNN")
+    parser.add_argument("--short-configs", nargs="*",
+                        default=["64x4x1x1", "64x4x1x2", "128x8x1x1", "64x8x1x1", "32x4x1x1", "128x4x1x1",
+                                 "64x4x4x1", "64x8x4x2", "32x4x8x2", "128x8x2x1"],
+                        help="short-key kernel settings (vqdiffusion.ops.short_attention.configure)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     _, heads, head_dim, _, _, text_len = SIZES[args.size]
@@ -93,6 +125,14 @@ def main() -> None:
             rows.append({"attention": kind, **measure(name, attend, q_shape, kv_shape, flops, args.reps)})
         rows.append({"attention": kind, **measure("explicit compiled", compiled_explicit, q_shape, kv_shape,
                                                   flops, args.reps)})
+        if kind == "cross":
+            errors = short_kernel_errors(q_shape, kv_shape)  # at the default settings
+            print("short-key kernel, largest error / largest reference value: "
+                  + ", ".join(f"{name} {value:.2e}" for name, value in errors.items()))
+            for config in args.short_configs:
+                short.configure(config)
+                rows.append({"attention": kind, "errors": errors,
+                             **measure(f"short kernel {config}", short_kernel, q_shape, kv_shape, flops, args.reps)})
         for width in args.pad:
             def padded(q, k, v):
                 with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):

@@ -17,12 +17,7 @@ def median_seconds(run: Callable[[], object], reps: int, warmup: int = 1) -> flo
     times = []
     for _ in range(reps):
         if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(event_seconds(run))
         else:
             begin = time.perf_counter()
             run()
@@ -30,12 +25,37 @@ def median_seconds(run: Callable[[], object], reps: int, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
+def event_seconds(run: Callable[[], object]) -> float:
+    """Seconds of one ``run()`` between two CUDA events (synchronised after)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+class MatmulProbe:
+    """Readings of the bf16 matmul peak: TFLOP/s of 8192^3 products on random data (zeros run
+    faster than real data on these GPUs)."""
+
+    size = 8192
+
+    def __init__(self) -> None:
+        self.a = torch.randn(self.size, self.size, device="cuda", dtype=torch.bfloat16)
+        self.b = torch.randn(self.size, self.size, device="cuda", dtype=torch.bfloat16)
+
+    def reading(self, products: int = 10) -> float:
+        """Median TFLOP/s of ``products`` products, each timed on its own."""
+        seconds = statistics.median(event_seconds(lambda: self.a @ self.b) for _ in range(products))
+        return 2 * self.size**3 / seconds / 1e12
+
+
 def matmul_peak(readings: int = 5) -> float:
-    """Measured bf16 TFLOP/s of an 8192^3 product (random data) on this GPU: the best of
-    ``readings`` medians of 10 products, after 30 warm-up products. One median of 10 after 3 read
-    685-774 TFLOP/s in separate processes on one H100, and a low reading flatters every MFU
-    measured against it; the best reading is the conservative denominator."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    median_seconds(lambda: a @ b, reps=30, warmup=0)
-    return max(2 * 8192**3 / median_seconds(lambda: a @ b, reps=10, warmup=0) / 1e12 for _ in range(readings))
+    """Measured bf16 TFLOP/s of this GPU: the best of ``readings`` medians of 10 products, after 30
+    warm-up products. One median of 10 after 3 read 685-774 TFLOP/s in separate processes on one
+    H100, and a low reading flatters every MFU measured against it; the best reading is the
+    conservative denominator."""
+    probe = MatmulProbe()
+    probe.reading(products=30)
+    return max(probe.reading() for _ in range(readings))

@@ -3,13 +3,16 @@
     python bench/train_mfu.py --size ithq --batch 8 16 32 --checkpointing off on --compile blocks
 
 One training step = sample t, q(x_t | x0), the transformer, the full VQ-Diffusion loss (posterior
-KLs over (B, K+1, N)), backward, gradient clipping, fused AdamW on float32 master weights; with
-``--accumulate N``, N such forward/backward passes of ``--batch`` samples per optimizer step
-(Lightning's ``accumulate_grad_batches``). Random tokens and text embeddings: the cost does not
+KLs over (B, K+1, N)), backward, gradient clipping (folded into the step unless
+``--no-fold-clip``), fused AdamW on float32 master weights; with ``--accumulate N``, N such
+forward/backward passes of ``--batch`` samples per optimizer step (Lightning's
+``accumulate_grad_batches``). Random tokens and text embeddings: the cost does not
 depend on them. Timed with CUDA events over ``--steps`` steps after ``--warmup`` (compile
 included there). MFU = model matmul FLOPs (3x the forward's, counted from the shapes;
 recomputation under checkpointing is not counted as useful work) / time / the bf16 matmul peak
-measured in the same process. A batch that does not fit is reported as OOM.
+measured in the same process, twice: the best reading before or after all runs (``mfu``), and the
+median of readings taken right after each timed step (``mfu_interleaved``: same clocks and
+temperature as the steps). A batch that does not fit is reported as OOM.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 
 import torch
 from flops import SIZES, forward_flops  # bench/flops.py
-from timing import matmul_peak, median_seconds  # bench/timing.py
+from timing import MatmulProbe, event_seconds, matmul_peak  # bench/timing.py
 
 from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
@@ -29,6 +33,7 @@ from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
 from vqdiffusion.models.fast import ATTENTION_BACKENDS, attention_backend
 from vqdiffusion.models.transformer import Attention
 from vqdiffusion.utils.compiled import COMPILE_MODES, inductor_options
+from vqdiffusion.utils.optim import clip_grad_norm_in_step
 
 COMPILE_SCOPES = ("off", "model", "blocks")
 
@@ -50,6 +55,7 @@ class StepOptions:
     stacked_qkv: bool = True  # self-attention q/k/v as one matmul in training (the model's default)
     bf16_residual: bool = False  # the residual stream in bf16 under autocast, not float32
     attention: str = "auto"  # SDPA kernel tried first
+    fold_clip: bool = True  # gradient clipping inside the fused AdamW step (DiffusionModule's default)
 
     @property
     def samples(self) -> int:
@@ -76,6 +82,8 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
     parser.add_argument("--bf16-residual", action="store_true",
                         help="carry the residual stream in bf16 under autocast (residual_in_autocast_dtype)")
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="SDPA kernel tried first")
+    parser.add_argument("--no-fold-clip", action="store_true",
+                        help="clip_grad_norm_ before the step instead of folding the clip into fused AdamW")
 
 
 def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
@@ -84,7 +92,8 @@ def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
     return StepOptions(accumulate=args.accumulate, compile=args.compile, compile_mode=args.compile_mode,
                        compile_loss=args.compile_loss, bf16_residual=args.bf16_residual,
                        memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
-                       stacked_qkv=not args.no_stacked_qkv, attention=args.attention, **values)
+                       stacked_qkv=not args.no_stacked_qkv, attention=args.attention,
+                       fold_clip=not args.no_fold_clip, **values)
 
 
 def build_step(options: StepOptions):
@@ -120,7 +129,10 @@ def build_step(options: StepOptions):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context), x0)
                 (terms["loss"] / options.accumulate).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if options.fold_clip:
+            clip_grad_norm_in_step(optimizer, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -135,11 +147,22 @@ def measure(options: StepOptions, steps: int, warmup: int) -> dict:
     torch.cuda.synchronize()
     first_step_s = time.perf_counter() - begin
     torch.cuda.reset_peak_memory_stats()
-    seconds = median_seconds(step, reps=steps, warmup=warmup)
-    return {"ms_per_step": 1e3 * seconds, "samples_per_s": options.samples / seconds,
-            "tflops": 3 * forward_flops(options.size, options.samples) / seconds / 1e12,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "parameters_m": step.parameters_m,
-            "first_step_s": first_step_s}
+    for _ in range(warmup):
+        step()
+    peak_memory = torch.cuda.max_memory_allocated() / 2**30  # before the probe's operands exist
+    # a reading of the matmul peak after every timed step: the denominator measured under the
+    # same clocks and temperature as the steps it divides (readings minutes apart differ by 10%)
+    probe = MatmulProbe()
+    step_seconds, peaks = [], []
+    for _ in range(steps):
+        step_seconds.append(event_seconds(step))
+        peaks.append(probe.reading(products=5))
+    seconds = statistics.median(step_seconds)
+    tflops = 3 * forward_flops(options.size, options.samples) / seconds / 1e12
+    return {"ms_per_step": 1e3 * seconds, "samples_per_s": options.samples / seconds, "tflops": tflops,
+            "peak_memory_gib": peak_memory, "parameters_m": step.parameters_m, "first_step_s": first_step_s,
+            "interleaved_peak_tflops": statistics.median(peaks), "interleaved_peaks": peaks,
+            "mfu_interleaved": tflops / statistics.median(peaks)}
 
 
 def main() -> None:
@@ -162,12 +185,14 @@ def main() -> None:
                 label = (f"{size} b={batch}x{options.accumulate} ckpt={checkpointing} compile={options.compile} "
                          f"mode={options.compile_mode} stacked_qkv={options.stacked_qkv} "
                          f"bf16_residual={options.bf16_residual} "
-                         f"attention={options.attention}")
+                         f"attention={options.attention} fold_clip={options.fold_clip}")
                 try:
                     row.update(measure(options, args.steps, args.warmup))
                     row["mfu"] = row["tflops"] / peak
                     print(f"{label}: {row['ms_per_step']:.0f} ms, {row['samples_per_s']:.1f} samples/s, "
-                          f"{row['tflops']:.0f} TFLOP/s, MFU {100 * row['mfu']:.1f}%, "
+                          f"{row['tflops']:.0f} TFLOP/s, MFU {100 * row['mfu']:.1f}% "
+                          f"({100 * row['mfu_interleaved']:.1f}% of the interleaved peak "
+                          f"{row['interleaved_peak_tflops']:.0f}), "
                           f"{row['peak_memory_gib']:.1f} GiB, first step {row['first_step_s']:.0f} s", flush=True)
                 except torch.OutOfMemoryError:
                     row["oom"] = True
@@ -190,16 +215,17 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
                        "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
-    print("| size | batch | checkpointing | compile | ms/step | samples/s | TFLOP/s | MFU | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | batch | checkpointing | compile | ms/step | samples/s | TFLOP/s | MFU (best peak) "
+          "| MFU (interleaved peak) | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         batch = f"{r['batch']}x{r['accumulate']}" if r["accumulate"] > 1 else r["batch"]
         cells = f"| {r['size']} | {batch} | {'on' if r['checkpointing'] else 'off'} | {r['compile']} |"
         if r.get("oom"):
-            print(f"{cells} OOM | | | | |")
+            print(f"{cells} OOM | | | | | |")
         else:
             print(f"{cells} {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} | {r['tflops']:.0f} | "
-                  f"{100 * r['mfu']:.1f}% | {r['peak_memory_gib']:.1f} GiB |")
+                  f"{100 * r['mfu']:.1f}% | {100 * r['mfu_interleaved']:.1f}% | {r['peak_memory_gib']:.1f} GiB |")
 
 
 if __name__ == "__main__":
