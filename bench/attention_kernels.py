@@ -6,7 +6,7 @@ Times self-attention (1024 queries and keys) and cross-attention (1024 queries, 
 one layer, bf16, with each SDPA backend forced (cuDNN, flash, memory-efficient, math), plus the
 cross-attention written out as two matmuls and a softmax under ``torch.compile``, and through the
 short-key Triton kernel of ``bench/short_attention_kernel.py`` (an experiment, not in the model)
-at each of ``--short-configs`` (its errors against float32 SDPA printed too). ``--pad``
+at each of ``--short-configs`` (each one's errors against float32 SDPA printed too). ``--pad``
 also times cuDNN on q/k/v already padded to a wider head dim (the kernel alone, not the copies)
 to show what a tile-friendly head dim would buy. CUDA events, median of ``--reps`` after warm-up;
 TFLOP/s counts the unpadded head dim (4 N M d per head forward, 2.5x that for the backward).
@@ -103,9 +103,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--pad", type=int, nargs="*", default=[96, 128], help="padded head dims for cuDNN")
     parser.add_argument("--short-configs", nargs="*",
-                        default=["64x4x1x1", "64x4x1x2", "128x8x1x1", "64x8x1x1", "32x4x1x1", "128x4x1x1",
-                                 "64x4x4x1", "64x8x4x2", "32x4x8x2", "128x8x2x1"],
+                        default=["128x8x1x1", "fwd=64x4x16x3 bwd=64x4x1x1 kv=64x8x16x2",
+                                 "fwd=128x8x8x2 bwd=128x8x1x1 kv=64x8x16x2",
+                                 "fwd=64x8x16x2 bwd=64x4x1x1 kv=64x4x16x2",
+                                 "fwd=64x4x8x2 bwd=64x4x4x2 kv=64x8x4x2",
+                                 "fwd=64x4x16x3 bwd=128x8x1x1 kv=32x4x32x2",
+                                 "fwd=64x4x16x3 bwd=64x8x4x2 kv=128x8x8x2",
+                                 "fwd=64x4x16x3 bwd=64x4x1x1 kv=64x8x4x2"],
                         help="short-key kernel settings (vqdiffusion.ops.short_attention.configure)")
+    parser.add_argument("--kinds", nargs="+", choices=["self", "cross"], default=["self", "cross"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     _, heads, head_dim, _, _, text_len = SIZES[args.size]
@@ -115,6 +121,8 @@ def main() -> None:
     rows = []
     compiled_explicit = torch.compile(explicit_attention)
     for kind, keys in (("self", 1024), ("cross", text_len)):
+        if kind not in args.kinds:
+            continue
         q_shape, kv_shape = (args.batch, heads, 1024, head_dim), (args.batch, heads, keys, head_dim)
         flops = 4 * args.batch * heads * 1024 * keys * head_dim
         first = len(rows)
@@ -126,13 +134,19 @@ def main() -> None:
         rows.append({"attention": kind, **measure("explicit compiled", compiled_explicit, q_shape, kv_shape,
                                                   flops, args.reps)})
         if kind == "cross":
-            errors = short_kernel_errors(q_shape, kv_shape)  # at the default settings
-            print("short-key kernel, largest error / largest reference value: "
-                  + ", ".join(f"{name} {value:.2e}" for name, value in errors.items()))
             for config in args.short_configs:
                 short.configure(config)
+                try:
+                    errors = short_kernel_errors(q_shape, kv_shape)
+                except Exception as error:  # settings that do not fit the GPU's shared memory
+                    print(f"short-key kernel {config}: {str(error).splitlines()[0][:120]}")
+                    continue
+                print(f"short-key kernel {config}, largest error / largest reference value: "
+                      + ", ".join(f"{name} {value:.2e}" for name, value in errors.items()), flush=True)
                 rows.append({"attention": kind, "errors": errors,
                              **measure(f"short kernel {config}", short_kernel, q_shape, kv_shape, flops, args.reps)})
+                print(f"cross short kernel {config}: forward {rows[-1]['forward_ms'] or float('nan'):.3f} ms, "
+                      f"forward+backward {rows[-1]['forward_backward_ms'] or float('nan'):.3f} ms", flush=True)
         for width in args.pad:
             def padded(q, k, v):
                 with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
