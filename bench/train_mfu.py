@@ -147,7 +147,7 @@ def measure(options: StepOptions, steps: int, warmup: int) -> dict:
     torch.cuda.synchronize()
     first_step_s = time.perf_counter() - begin
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
+    for _ in range(max(warmup, 1)):  # at least one step inside the memory reading
         step()
     peak_memory = torch.cuda.max_memory_allocated() / 2**30  # before the probe's operands exist
     # a reading of the matmul peak after every timed step: the denominator measured under the
