@@ -6,7 +6,8 @@ fast, before spending device time on it.
     python bench/kernel_resources.py
 
 Compiles each kernel of ``bench/short_attention_kernel.py`` at the ITHQ cross-attention shape
-(head dim 88, 77 keys) for each setting below with ``triton.compile`` and a ``GPUTarget``, then
+(head dim 88, 77 keys: padded to 128 x 128 tiles, or chunked as 64 + 32 and 64 + 16) for each
+setting below with ``triton.compile`` and a ``GPUTarget``, then
 reads ``cuobjdump -res-usage`` of the cubin. 255 registers with a stack frame means spilling, and
 the shared memory decides how many programs share an SM (228 KB on an H100).
 """
@@ -24,15 +25,26 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 HOPPER = GPUTarget("cuda", 90, 128)
-SHAPE = {"head_dim": 88, "block_l": 128, "block_d": 128}  # ITHQ: 88 -> 128, 77 keys -> 128
+PADDED = {"head_dim": 88, "block_l": 128, "block_d": 128}  # ITHQ: head dim 88 -> 128, 77 keys -> 128
+CHUNKED = {"head_dim": 88, "block_lb": 16, "block_db": 32}  # keys 64 + 16, head dim 64 + 32
 BF16_POINTERS = {"q", "k", "v", "out", "grad_out", "grad_q"}
 FLOAT32_POINTERS = {"lse", "delta", "delta_out", "grad_k", "grad_v"}
-SETTINGS = [  # (kernel, extra constexprs, warps, stages)
-    ("_forward_kernel", {"block_m": 128, "blocks_per_program": 1}, 8, 3),
-    ("_forward_kernel", {"block_m": 64, "blocks_per_program": 16}, 4, 3),
-    ("_backward_kernel", {"block_m": 128, "blocks_per_program": 1, "accumulate_kv": True}, 8, 1),
-    ("_backward_kernel", {"block_m": 64, "blocks_per_program": 1, "accumulate_kv": False}, 4, 1),
-    ("_backward_kv_kernel", {"block_m": 64, "blocks_per_program": 16}, 8, 2),
+SETTINGS = [  # (kernel, constexprs, warps, stages)
+    ("_forward_kernel", {**PADDED, "block_m": 128, "blocks_per_program": 1}, 8, 3),
+    ("_forward_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 16}, 4, 3),
+    ("_backward_kernel", {**PADDED, "block_m": 128, "blocks_per_program": 1, "accumulate_kv": True}, 8, 1),
+    ("_backward_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 1, "accumulate_kv": False}, 4, 1),
+    ("_backward_kv_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 16}, 8, 2),
+    ("_forward_chunked_kernel", {**CHUNKED, "block_m": 64, "blocks_per_program": 16}, 4, 3),
+    ("_forward_chunked_kernel", {**CHUNKED, "block_m": 128, "blocks_per_program": 8}, 8, 2),
+    ("_backward_chunked_kernel", {**CHUNKED, "block_m": 64, "blocks_per_program": 1, "write_dq": True,
+                                  "sum_kv": True}, 4, 1),
+    ("_backward_chunked_kernel", {**CHUNKED, "block_m": 64, "blocks_per_program": 1, "write_dq": True,
+                                  "sum_kv": False}, 4, 1),
+    ("_backward_chunked_kernel", {**CHUNKED, "block_m": 64, "blocks_per_program": 16, "write_dq": False,
+                                  "sum_kv": True}, 8, 2),
+    ("_backward_chunked_kernel", {**CHUNKED, "block_m": 32, "blocks_per_program": 8, "write_dq": False,
+                                  "sum_kv": True}, 4, 2),
 ]
 
 
@@ -62,12 +74,12 @@ def resources(kernel, constexprs: dict, num_warps: int, num_stages: int) -> dict
 
 
 def main() -> None:
-    print(f"triton {triton.__version__}, target sm_{HOPPER.arch}; head dim 88 and 77 keys padded to 128 x 128")
+    print(f"triton {triton.__version__}, target sm_{HOPPER.arch}; head dim 88, 77 keys")
     print("| kernel | settings | warps | stages | registers | spill stack (bytes) | shared memory (KiB) |")
     print("|---|---|---|---|---|---|---|")
     for name, extra, num_warps, num_stages in SETTINGS:
-        usage = resources(getattr(kernels, name), {**SHAPE, **extra}, num_warps, num_stages)
-        settings = ", ".join(f"{key} {value}" for key, value in extra.items())
+        usage = resources(getattr(kernels, name), extra, num_warps, num_stages)
+        settings = ", ".join(f"{key} {value}" for key, value in extra.items() if key != "head_dim")
         print(f"| {name} | {settings} | {num_warps} | {num_stages} | {usage['registers']} | "
               f"{usage['stack_bytes']} | {usage['shared_kib']:.0f} |", flush=True)
 

@@ -16,8 +16,9 @@ data in shared memory and registers), which leaves few programs per SM to hide t
 second version (programs walking several query blocks with keys and values kept loaded; a
 backward split into a dq kernel and a register-summed dk/dv kernel) matched cuDNN's forward
 (0.21 vs 0.22 ms) but not its backward (1.15 vs 0.68 ms forward + backward). Every variant sits at
-255 registers and spills (cuobjdump -res-usage of an sm_90 build): the 128 x 128 float32 tiles
-are too large. Kept here, out of
+255 registers and spills (bench/kernel_resources.py): the 128 x 128 key and value tiles are too
+large. The third ("chunked": keys as 64 + 16, head dim as 64 + 32) reached 0.16 / 0.94 ms against
+cuDNN's 0.12 / 0.59 on one machine. Kept here, out of
 the model, so the rows can be re-run and the kernel improved; ``bench/attention_kernels.py``
 times it next to SDPA's kernels.
 """
@@ -41,6 +42,7 @@ MAX_HEAD_DIM = 128
 FORWARD_CONFIG = {"block_m": 64, "num_warps": 4, "blocks_per_program": 1, "num_stages": 3}
 BACKWARD_CONFIG = {"block_m": 64, "num_warps": 4, "blocks_per_program": 1, "num_stages": 1}
 KV_CONFIG: dict | None = None  # {"block_m", "num_warps", "blocks_per_program", "num_stages"}: the split backward
+CHUNKED = False  # the third version's key/value tiles at (nearly) real size
 
 try:
     import triton
@@ -79,10 +81,12 @@ def _launch(text: str) -> dict:
 
 def configure(settings: str) -> None:
     """Set the kernels' launch settings: "MxWxPxS" (the first version's form: the forward takes M and W,
-    the one-kernel backward all four), or "fwd=MxWxPxS bwd=MxWxPxS [kv=MxWxPxS]" (kv: the
-    two-kernel backward, bwd then sets its dq kernel)."""
-    global KV_CONFIG
-    parts = dict(part.split("=", 1) if "=" in part else ("old", part) for part in settings.split())
+    the one-kernel backward all four), or "[chunked] fwd=MxWxPxS bwd=MxWxPxS [kv=MxWxPxS]" (kv: the
+    two-kernel backward, bwd then sets its dq kernel; chunked: the third version's tiles)."""
+    global KV_CONFIG, CHUNKED
+    words = settings.split()
+    CHUNKED = "chunked" in words
+    parts = dict(part.split("=", 1) if "=" in part else ("old", part) for part in words if part != "chunked")
     if "old" in parts:
         launch = _launch(parts["old"])
         FORWARD_CONFIG.update(block_m=launch["block_m"], num_warps=launch["num_warps"], blocks_per_program=1)
@@ -95,6 +99,15 @@ def configure(settings: str) -> None:
     FORWARD_CONFIG.update(_launch(parts["fwd"]))
     BACKWARD_CONFIG.update(_launch(parts["bwd"]))
     KV_CONFIG = _launch(parts["kv"]) if "kv" in parts else None
+
+
+def _chunks(q: torch.Tensor, k: torch.Tensor) -> dict:
+    """The chunked kernels' second key and head-dim tiles (the first ones are 64 wide)."""
+    keys, head_dim = k.shape[-2], q.shape[-1]
+    if not (64 < keys <= 128 and 64 < head_dim <= 128):
+        raise ValueError(f"the chunked kernels take 65-128 keys and head dims, got {keys} keys, head dim {head_dim}")
+    return {"block_lb": max(16, triton.next_power_of_2(keys - 64)),
+            "block_db": max(16, triton.next_power_of_2(head_dim - 64))}
 
 
 def _blocks(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int]:
@@ -218,6 +231,150 @@ if triton is not None:
         tl.atomic_add(grad_k + kv_offsets, grad_k_sum * scale, mask=kv_mask, sem="relaxed")
         tl.atomic_add(grad_v + kv_offsets, grad_v_sum, mask=kv_mask, sem="relaxed")
 
+    # Chunked tiles (the third version): keys as 64 + LB and the head dim as 64 + DB (LB, DB the next
+    # powers of two of what is left: 16 and 32 for 77 keys and head dim 88), so every key and value
+    # tile is close to its real size instead of a padded 128 x 128. Needs 64 < L <= 128, 64 < d <= 128.
+
+    @triton.jit
+    def _tile(base, rows, row_stride, cols, row_ok, col_ok):
+        return tl.load(base + rows[:, None] * row_stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                       other=0.0)
+
+    @triton.jit
+    def _pair_dot(a_lo, a_hi, b_lo, b_hi):
+        # [a_lo a_hi] [b_lo b_hi]^T: a product over a head dim split in two chunks
+        return tl.dot(a_lo, tl.trans(b_lo)) + tl.dot(a_hi, tl.trans(b_hi))
+
+    @triton.jit
+    def _chunked_scores(q_lo, q_hi, k_lo_lo, k_lo_hi, k_hi_lo, k_hi_hi, keys_hi_ok, scale_log2):
+        # scores against the two key chunks (log2 units; padded keys at -inf)
+        s_lo = _pair_dot(q_lo, q_hi, k_lo_lo, k_lo_hi) * scale_log2
+        s_hi = tl.where(keys_hi_ok[None, :], _pair_dot(q_lo, q_hi, k_hi_lo, k_hi_hi) * scale_log2, float("-inf"))
+        return s_lo, s_hi
+
+    @triton.jit
+    def _forward_chunked_kernel(q, k, v, out, lse, num_heads, num_queries, num_keys, scale_log2,
+                                sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, head_dim: tl.constexpr,
+                                block_m: tl.constexpr, block_lb: tl.constexpr, block_db: tl.constexpr,
+                                blocks_per_program: tl.constexpr):
+        bh = tl.program_id(1)
+        b, h = bh // num_heads, bh % num_heads
+        keys_lo, keys_hi = tl.arange(0, 64), 64 + tl.arange(0, block_lb)
+        dims_lo, dims_hi = tl.arange(0, 64), 64 + tl.arange(0, block_db)
+        all_lo = keys_lo < 64
+        keys_hi_ok, dims_hi_ok = keys_hi < num_keys, dims_hi < head_dim
+        k_base, v_base = k + b * sk_b + h * sk_h, v + b * sv_b + h * sv_h
+        k_lo_lo = _tile(k_base, keys_lo, sk_l, dims_lo, all_lo, all_lo)
+        k_lo_hi = _tile(k_base, keys_lo, sk_l, dims_hi, all_lo, dims_hi_ok)
+        k_hi_lo = _tile(k_base, keys_hi, sk_l, dims_lo, keys_hi_ok, all_lo)
+        k_hi_hi = _tile(k_base, keys_hi, sk_l, dims_hi, keys_hi_ok, dims_hi_ok)
+        v_lo_lo = _tile(v_base, keys_lo, sv_l, dims_lo, all_lo, all_lo)
+        v_lo_hi = _tile(v_base, keys_lo, sv_l, dims_hi, all_lo, dims_hi_ok)
+        v_hi_lo = _tile(v_base, keys_hi, sv_l, dims_lo, keys_hi_ok, all_lo)
+        v_hi_hi = _tile(v_base, keys_hi, sv_l, dims_hi, keys_hi_ok, dims_hi_ok)
+        for index in range(blocks_per_program):
+            rows = (tl.program_id(0) * blocks_per_program + index) * block_m + tl.arange(0, block_m)
+            row_ok = rows < num_queries
+            q_base = q + b * sq_b + h * sq_h
+            q_lo = _tile(q_base, rows, sq_n, dims_lo, row_ok, all_lo)
+            q_hi = _tile(q_base, rows, sq_n, dims_hi, row_ok, dims_hi_ok)
+            s_lo, s_hi = _chunked_scores(q_lo, q_hi, k_lo_lo, k_lo_hi, k_hi_lo, k_hi_hi, keys_hi_ok, scale_log2)
+            row_max = tl.maximum(tl.max(s_lo, axis=1), tl.max(s_hi, axis=1))
+            p_lo = tl.exp2(s_lo - row_max[:, None])
+            p_hi = tl.exp2(s_hi - row_max[:, None])
+            total = tl.sum(p_lo, axis=1) + tl.sum(p_hi, axis=1)
+            p_lo, p_hi = p_lo.to(v_lo_lo.dtype), p_hi.to(v_lo_lo.dtype)
+            o_lo = (tl.dot(p_lo, v_lo_lo) + tl.dot(p_hi, v_hi_lo)) / total[:, None]
+            o_hi = (tl.dot(p_lo, v_lo_hi) + tl.dot(p_hi, v_hi_hi)) / total[:, None]
+            out_rows = out + (b * num_queries + rows[:, None]) * (num_heads * head_dim) + h * head_dim
+            tl.store(out_rows + dims_lo[None, :], o_lo.to(out.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(out_rows + dims_hi[None, :], o_hi.to(out.dtype.element_ty),
+                     mask=row_ok[:, None] & dims_hi_ok[None, :])
+            tl.store(lse + bh * num_queries + rows, row_max + tl.log2(total), mask=row_ok)
+
+    @triton.jit
+    def _backward_chunked_kernel(q, k, v, out, grad_out, lse, grad_q, grad_k, grad_v, num_heads, num_queries,
+                                 num_keys, scale, scale_log2, sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
+                                 sg_b, sg_n, sdq_b, sdq_h, sdq_n, head_dim: tl.constexpr, block_m: tl.constexpr,
+                                 block_lb: tl.constexpr, block_db: tl.constexpr, blocks_per_program: tl.constexpr,
+                                 write_dq: tl.constexpr, sum_kv: tl.constexpr):
+        # write_dq: dq of these queries; sum_kv: their share of dk and dv, summed in registers over
+        # the blocks, then added to grad_k, grad_v (float32 zeros) once. Both, or one of them (then
+        # two launches: dq over many small programs, dk/dv over few long ones).
+        bh = tl.program_id(1)
+        b, h = bh // num_heads, bh % num_heads
+        keys_lo, keys_hi = tl.arange(0, 64), 64 + tl.arange(0, block_lb)
+        dims_lo, dims_hi = tl.arange(0, 64), 64 + tl.arange(0, block_db)
+        all_lo = keys_lo < 64
+        keys_hi_ok, dims_hi_ok = keys_hi < num_keys, dims_hi < head_dim
+        k_base, v_base = k + b * sk_b + h * sk_h, v + b * sv_b + h * sv_h
+        k_lo_lo = _tile(k_base, keys_lo, sk_l, dims_lo, all_lo, all_lo)
+        k_lo_hi = _tile(k_base, keys_lo, sk_l, dims_hi, all_lo, dims_hi_ok)
+        k_hi_lo = _tile(k_base, keys_hi, sk_l, dims_lo, keys_hi_ok, all_lo)
+        k_hi_hi = _tile(k_base, keys_hi, sk_l, dims_hi, keys_hi_ok, dims_hi_ok)
+        v_lo_lo = _tile(v_base, keys_lo, sv_l, dims_lo, all_lo, all_lo)
+        v_lo_hi = _tile(v_base, keys_lo, sv_l, dims_hi, all_lo, dims_hi_ok)
+        v_hi_lo = _tile(v_base, keys_hi, sv_l, dims_lo, keys_hi_ok, all_lo)
+        v_hi_hi = _tile(v_base, keys_hi, sv_l, dims_hi, keys_hi_ok, dims_hi_ok)
+        dk_lo_lo = tl.zeros((64, 64), dtype=tl.float32)
+        dk_lo_hi = tl.zeros((64, block_db), dtype=tl.float32)
+        dk_hi_lo = tl.zeros((block_lb, 64), dtype=tl.float32)
+        dk_hi_hi = tl.zeros((block_lb, block_db), dtype=tl.float32)
+        dv_lo_lo = tl.zeros((64, 64), dtype=tl.float32)
+        dv_lo_hi = tl.zeros((64, block_db), dtype=tl.float32)
+        dv_hi_lo = tl.zeros((block_lb, 64), dtype=tl.float32)
+        dv_hi_hi = tl.zeros((block_lb, block_db), dtype=tl.float32)
+        for index in range(blocks_per_program):
+            rows = (tl.program_id(0) * blocks_per_program + index) * block_m + tl.arange(0, block_m)
+            row_ok = rows < num_queries
+            q_base = q + b * sq_b + h * sq_h
+            q_lo = _tile(q_base, rows, sq_n, dims_lo, row_ok, all_lo)
+            q_hi = _tile(q_base, rows, sq_n, dims_hi, row_ok, dims_hi_ok)
+            o_base = out + b * num_queries * num_heads * head_dim + h * head_dim
+            o_lo = _tile(o_base, rows, num_heads * head_dim, dims_lo, row_ok, all_lo)
+            o_hi = _tile(o_base, rows, num_heads * head_dim, dims_hi, row_ok, dims_hi_ok)
+            g_base = grad_out + b * sg_b + h * head_dim
+            do_lo = _tile(g_base, rows, sg_n, dims_lo, row_ok, all_lo)
+            do_hi = _tile(g_base, rows, sg_n, dims_hi, row_ok, dims_hi_ok)
+            row_lse = tl.load(lse + bh * num_queries + rows, mask=row_ok, other=0.0)
+            s_lo, s_hi = _chunked_scores(q_lo, q_hi, k_lo_lo, k_lo_hi, k_hi_lo, k_hi_hi, keys_hi_ok, scale_log2)
+            p_lo = tl.where(row_ok[:, None], tl.exp2(s_lo - row_lse[:, None]), 0.0)
+            p_hi = tl.where(row_ok[:, None], tl.exp2(s_hi - row_lse[:, None]), 0.0)
+            delta = (tl.sum(o_lo.to(tl.float32) * do_lo.to(tl.float32), axis=1)
+                     + tl.sum(o_hi.to(tl.float32) * do_hi.to(tl.float32), axis=1))
+            ds_lo = (p_lo * (_pair_dot(do_lo, do_hi, v_lo_lo, v_lo_hi) - delta[:, None])).to(q_lo.dtype)
+            ds_hi = (p_hi * (_pair_dot(do_lo, do_hi, v_hi_lo, v_hi_hi) - delta[:, None])).to(q_lo.dtype)
+            if write_dq:
+                dq_base = grad_q + b * sdq_b + h * sdq_h + rows[:, None] * sdq_n
+                dq_lo = (tl.dot(ds_lo, k_lo_lo) + tl.dot(ds_hi, k_hi_lo)) * scale
+                dq_hi = (tl.dot(ds_lo, k_lo_hi) + tl.dot(ds_hi, k_hi_hi)) * scale
+                tl.store(dq_base + dims_lo[None, :], dq_lo.to(grad_q.dtype.element_ty), mask=row_ok[:, None])
+                tl.store(dq_base + dims_hi[None, :], dq_hi.to(grad_q.dtype.element_ty),
+                         mask=row_ok[:, None] & dims_hi_ok[None, :])
+            if sum_kv:
+                ds_lo_t, ds_hi_t = tl.trans(ds_lo), tl.trans(ds_hi)
+                p_lo_t, p_hi_t = tl.trans(p_lo.to(do_lo.dtype)), tl.trans(p_hi.to(do_lo.dtype))
+                dk_lo_lo += tl.dot(ds_lo_t, q_lo)
+                dk_lo_hi += tl.dot(ds_lo_t, q_hi)
+                dk_hi_lo += tl.dot(ds_hi_t, q_lo)
+                dk_hi_hi += tl.dot(ds_hi_t, q_hi)
+                dv_lo_lo += tl.dot(p_lo_t, do_lo)
+                dv_lo_hi += tl.dot(p_lo_t, do_hi)
+                dv_hi_lo += tl.dot(p_hi_t, do_lo)
+                dv_hi_hi += tl.dot(p_hi_t, do_hi)
+        if sum_kv:
+            base = bh * num_keys * head_dim
+            lo, hi = base + keys_lo[:, None] * head_dim, base + keys_hi[:, None] * head_dim
+            hi_rows, hi_cols = keys_hi_ok[:, None], dims_hi_ok[None, :]
+            tl.atomic_add(grad_k + lo + dims_lo[None, :], dk_lo_lo * scale, sem="relaxed")
+            tl.atomic_add(grad_k + lo + dims_hi[None, :], dk_lo_hi * scale, mask=hi_cols, sem="relaxed")
+            tl.atomic_add(grad_k + hi + dims_lo[None, :], dk_hi_lo * scale, mask=hi_rows, sem="relaxed")
+            tl.atomic_add(grad_k + hi + dims_hi[None, :], dk_hi_hi * scale, mask=hi_rows & hi_cols, sem="relaxed")
+            tl.atomic_add(grad_v + lo + dims_lo[None, :], dv_lo_lo, sem="relaxed")
+            tl.atomic_add(grad_v + lo + dims_hi[None, :], dv_lo_hi, mask=hi_cols, sem="relaxed")
+            tl.atomic_add(grad_v + hi + dims_lo[None, :], dv_hi_lo, mask=hi_rows, sem="relaxed")
+            tl.atomic_add(grad_v + hi + dims_hi[None, :], dv_hi_hi, mask=hi_rows & hi_cols, sem="relaxed")
+
     def _unit_stride(t: torch.Tensor) -> torch.Tensor:
         return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -233,11 +390,17 @@ if triton is not None:
         config = FORWARD_CONFIG
         scale = 1.0 / math.sqrt(head_dim)
         grid = (triton.cdiv(queries, config["block_m"] * config["blocks_per_program"]), batch * heads)
-        wrap_triton(_forward_kernel)[grid](
-            q, k, v, out, lse, heads, queries, k.shape[2], scale * math.log2(math.e),
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], head_dim=head_dim, block_m=config["block_m"],
-            block_l=block_l, block_d=block_d, blocks_per_program=config["blocks_per_program"],
-            num_warps=config["num_warps"], num_stages=config["num_stages"])
+        launch = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+        arguments = (q, k, v, out, lse, heads, queries, k.shape[2], scale * math.log2(math.e),
+                     *q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+        if CHUNKED:
+            wrap_triton(_forward_chunked_kernel)[grid](
+                *arguments, head_dim=head_dim, block_m=config["block_m"], **_chunks(q, k),
+                blocks_per_program=config["blocks_per_program"], **launch)
+        else:
+            wrap_triton(_forward_kernel)[grid](
+                *arguments, head_dim=head_dim, block_m=config["block_m"], block_l=block_l, block_d=block_d,
+                blocks_per_program=config["blocks_per_program"], **launch)
         return out, lse
 
     @triton_op("vqdiffusion_bench::short_attention_backward", mutates_args=())
@@ -252,24 +415,34 @@ if triton is not None:
         grad_v = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
         block_l, block_d = _blocks(q, k)
         config, split = BACKWARD_CONFIG, KV_CONFIG is not None
-        delta = torch.empty(lse.shape, device=q.device, dtype=torch.float32) if split else lse  # unused: lse
         scale = 1.0 / math.sqrt(head_dim)
         common = (heads, queries, k.shape[2], scale, scale * math.log2(math.e),
                   *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:2])
-        grid = (triton.cdiv(queries, config["block_m"] * config["blocks_per_program"]), batch * heads)
-        wrap_triton(_backward_kernel)[grid](
-            q, k, v, out, grad_out, lse, delta, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3],
-            head_dim=head_dim, block_m=config["block_m"], block_l=block_l, block_d=block_d,
-            blocks_per_program=config["blocks_per_program"], accumulate_kv=not split,
-            num_warps=config["num_warps"], num_stages=config["num_stages"])
-        if split:
-            config = KV_CONFIG
-            grid = (triton.cdiv(queries, config["block_m"] * config["blocks_per_program"]), batch * heads)
-            wrap_triton(_backward_kv_kernel)[grid](
-                q, k, v, grad_out, lse, delta, grad_k, grad_v, *common, head_dim=head_dim,
-                block_m=config["block_m"], block_l=block_l, block_d=block_d,
-                blocks_per_program=config["blocks_per_program"], num_warps=config["num_warps"],
-                num_stages=config["num_stages"])
+
+        def grid(settings: dict) -> tuple[int, int]:
+            return triton.cdiv(queries, settings["block_m"] * settings["blocks_per_program"]), batch * heads
+
+        def launch(settings: dict) -> dict:
+            return {"block_m": settings["block_m"], "blocks_per_program": settings["blocks_per_program"],
+                    "num_warps": settings["num_warps"], "num_stages": settings["num_stages"]}
+
+        if CHUNKED:
+            kernel = wrap_triton(_backward_chunked_kernel)
+            arguments = (q, k, v, out, grad_out, lse, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3])
+            kernel[grid(config)](*arguments, head_dim=head_dim, **_chunks(q, k), **launch(config),
+                                 write_dq=True, sum_kv=not split)
+            if split:
+                kernel[grid(KV_CONFIG)](*arguments, head_dim=head_dim, **_chunks(q, k), **launch(KV_CONFIG),
+                                        write_dq=False, sum_kv=True)
+        else:
+            delta = torch.empty(lse.shape, device=q.device, dtype=torch.float32) if split else lse  # unused: lse
+            wrap_triton(_backward_kernel)[grid(config)](
+                q, k, v, out, grad_out, lse, delta, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3],
+                head_dim=head_dim, block_l=block_l, block_d=block_d, accumulate_kv=not split, **launch(config))
+            if split:
+                wrap_triton(_backward_kv_kernel)[grid(KV_CONFIG)](
+                    q, k, v, grad_out, lse, delta, grad_k, grad_v, *common, head_dim=head_dim,
+                    block_l=block_l, block_d=block_d, **launch(KV_CONFIG))
         return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype)
 
     def _setup_context(ctx, inputs, output) -> None:
