@@ -28,13 +28,13 @@ HOPPER = GPUTarget("cuda", 90, 128)
 PADDED = {"head_dim": 88, "block_l": 128, "block_d": 128}  # ITHQ: head dim 88 -> 128, 77 keys -> 128
 CHUNKED = {"head_dim": 88, "block_lb": 16, "block_db": 32}  # keys 64 + 16, head dim 64 + 32
 BF16_POINTERS = {"q", "k", "v", "out", "grad_out", "grad_q"}
-FLOAT32_POINTERS = {"lse", "delta", "delta_out", "grad_k", "grad_v"}
+FLOAT32_POINTERS = {"lse", "grad_k", "grad_v"}
 SETTINGS = [  # (kernel, constexprs, warps, stages)
     ("_forward_kernel", {**PADDED, "block_m": 128, "blocks_per_program": 1}, 8, 3),
     ("_forward_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 16}, 4, 3),
-    ("_backward_kernel", {**PADDED, "block_m": 128, "blocks_per_program": 1, "accumulate_kv": True}, 8, 1),
-    ("_backward_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 1, "accumulate_kv": False}, 4, 1),
-    ("_backward_kv_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 16}, 8, 2),
+    ("_backward_kernel", {**PADDED, "block_m": 128, "blocks_per_program": 1, "write_dq": True, "sum_kv": True}, 8, 1),
+    ("_backward_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 1, "write_dq": True, "sum_kv": False}, 4, 1),
+    ("_backward_kernel", {**PADDED, "block_m": 64, "blocks_per_program": 16, "write_dq": False, "sum_kv": True}, 8, 2),
     ("_forward_chunked_kernel", {**CHUNKED, "block_m": 64, "blocks_per_program": 16}, 4, 3),
     ("_forward_chunked_kernel", {**CHUNKED, "block_m": 128, "blocks_per_program": 8}, 8, 2),
     ("_backward_chunked_kernel", {**CHUNKED, "block_m": 64, "blocks_per_program": 1, "write_dq": True,

@@ -37,8 +37,8 @@ MAX_HEAD_DIM = 128
 # Launch settings, swept by bench/attention_kernels.py (--short-configs): the query block, warps,
 # query blocks one program walks through (keys and values stay loaded; the backward sums its
 # dk, dv share in registers over them) and pipeline stages. With "kv" settings the backward is
-# two kernels: dq (and the softmax's row terms) per query block, then dk and dv per (batch,
-# head) over all queries in one program, no atomics; without, one kernel adding dk, dv atomically.
+# two launches: dq per query block, then dk and dv over long runs of queries (one program per
+# (batch, head) covering them all adds each element once); without, one launch doing both.
 FORWARD_CONFIG = {"block_m": 64, "num_warps": 4, "blocks_per_program": 1, "num_stages": 3}
 BACKWARD_CONFIG = {"block_m": 64, "num_warps": 4, "blocks_per_program": 1, "num_stages": 1}
 KV_CONFIG: dict | None = None  # {"block_m", "num_warps", "blocks_per_program", "num_stages"}: the split backward
@@ -118,6 +118,25 @@ def _blocks(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int]:
 if triton is not None:
 
     @triton.jit
+    def _padded_keys_values(k, v, b, h, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, num_keys, head_dim,
+                            block_l: tl.constexpr, block_d: tl.constexpr):
+        # one (batch, head)'s keys and values as (block_l, block_d) tiles, zero past the real sizes
+        keys = tl.arange(0, block_l)
+        dims = tl.arange(0, block_d)
+        key_ok, dim_ok = keys < num_keys, dims < head_dim
+        k_tile = _tile(k + b * sk_b + h * sk_h, keys, sk_l, dims, key_ok, dim_ok)
+        v_tile = _tile(v + b * sv_b + h * sv_h, keys, sv_l, dims, key_ok, dim_ok)
+        return keys, dims, key_ok, dim_ok, k_tile, v_tile
+
+    @triton.jit
+    def _chunked_tiles(base, row_stride, keys_lo, keys_hi, dims_lo, dims_hi, all_lo, keys_hi_ok, dims_hi_ok):
+        # the four (key chunk, head-dim chunk) tiles of one (batch, head)'s keys or values
+        return (_tile(base, keys_lo, row_stride, dims_lo, all_lo, all_lo),
+                _tile(base, keys_lo, row_stride, dims_hi, all_lo, dims_hi_ok),
+                _tile(base, keys_hi, row_stride, dims_lo, keys_hi_ok, all_lo),
+                _tile(base, keys_hi, row_stride, dims_hi, keys_hi_ok, dims_hi_ok))
+
+    @triton.jit
     def _forward_kernel(q, k, v, out, lse, num_heads, num_queries, num_keys, scale_log2,
                         sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, head_dim: tl.constexpr,
                         block_m: tl.constexpr, block_l: tl.constexpr, block_d: tl.constexpr,
@@ -125,12 +144,8 @@ if triton is not None:
         # q, k, v with unit stride along d; out (B, N, H * d) contiguous; lse (B, H, N) float32, log2 units
         bh = tl.program_id(1)
         b, h = bh // num_heads, bh % num_heads
-        keys = tl.arange(0, block_l)
-        dims = tl.arange(0, block_d)
-        key_ok, dim_ok = keys < num_keys, dims < head_dim
-        kv_mask = key_ok[:, None] & dim_ok[None, :]
-        k_tile = tl.load(k + b * sk_b + h * sk_h + keys[:, None] * sk_l + dims[None, :], mask=kv_mask, other=0.0)
-        v_tile = tl.load(v + b * sv_b + h * sv_h + keys[:, None] * sv_l + dims[None, :], mask=kv_mask, other=0.0)
+        keys, dims, key_ok, dim_ok, k_tile, v_tile = _padded_keys_values(
+            k, v, b, h, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, num_keys, head_dim, block_l, block_d)
         for index in range(blocks_per_program):
             rows = (tl.program_id(0) * blocks_per_program + index) * block_m + tl.arange(0, block_m)
             row_ok = rows < num_queries
@@ -147,21 +162,19 @@ if triton is not None:
             tl.store(lse + bh * num_queries + rows, row_max + tl.log2(total), mask=row_ok)
 
     @triton.jit
-    def _backward_kernel(q, k, v, out, grad_out, lse, delta_out, grad_q, grad_k, grad_v, num_heads, num_queries,
-                         num_keys, scale, scale_log2, sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sg_b, sg_n,
+    def _backward_kernel(q, k, v, out, grad_out, lse, grad_q, grad_k, grad_v, num_heads, num_queries, num_keys,
+                         scale, scale_log2, sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sg_b, sg_n,
                          sdq_b, sdq_h, sdq_n, head_dim: tl.constexpr, block_m: tl.constexpr, block_l: tl.constexpr,
-                         block_d: tl.constexpr, blocks_per_program: tl.constexpr, accumulate_kv: tl.constexpr):
-        # out and grad_out (B, N, H * d), grad_q like q, all with unit stride along d; grad_k and
-        # grad_v (B, H, L, d) float32 zeros, summed into (accumulate_kv), else delta_out (B, H, N)
-        # float32 gets each row's do . o for _backward_kv_kernel
+                         block_d: tl.constexpr, blocks_per_program: tl.constexpr, write_dq: tl.constexpr,
+                         sum_kv: tl.constexpr):
+        # out and grad_out (B, N, H * d), grad_q like q, all with unit stride along d. write_dq: dq
+        # of these queries; sum_kv: their share of dk and dv, summed in registers over the blocks
+        # and added once to grad_k, grad_v (B, H, L, d, float32 zeros). Both in one launch, or one
+        # each in two (dq over many small programs, dk/dv over few long ones).
         bh = tl.program_id(1)
         b, h = bh // num_heads, bh % num_heads
-        keys = tl.arange(0, block_l)
-        dims = tl.arange(0, block_d)
-        key_ok, dim_ok = keys < num_keys, dims < head_dim
-        kv_mask = key_ok[:, None] & dim_ok[None, :]
-        k_tile = tl.load(k + b * sk_b + h * sk_h + keys[:, None] * sk_l + dims[None, :], mask=kv_mask, other=0.0)
-        v_tile = tl.load(v + b * sv_b + h * sv_h + keys[:, None] * sv_l + dims[None, :], mask=kv_mask, other=0.0)
+        keys, dims, key_ok, dim_ok, k_tile, v_tile = _padded_keys_values(
+            k, v, b, h, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, num_keys, head_dim, block_l, block_d)
         grad_k_sum = tl.zeros((block_l, block_d), dtype=tl.float32)
         grad_v_sum = tl.zeros((block_l, block_d), dtype=tl.float32)
         for index in range(blocks_per_program):
@@ -180,56 +193,19 @@ if triton is not None:
             delta = tl.sum(o_tile.to(tl.float32) * do_tile.to(tl.float32), axis=1)
             dp = tl.dot(do_tile, tl.trans(v_tile))
             ds = (p * (dp - delta[:, None])).to(q_tile.dtype)
-            dq = tl.dot(ds, k_tile) * scale
-            tl.store(grad_q + b * sdq_b + h * sdq_h + rows[:, None] * sdq_n + dims[None, :],
-                     dq.to(grad_q.dtype.element_ty), mask=q_mask)
-            if accumulate_kv:
+            if write_dq:
+                dq = tl.dot(ds, k_tile) * scale
+                tl.store(grad_q + b * sdq_b + h * sdq_h + rows[:, None] * sdq_n + dims[None, :],
+                         dq.to(grad_q.dtype.element_ty), mask=q_mask)
+            if sum_kv:
                 grad_k_sum += tl.dot(tl.trans(ds), q_tile)
                 grad_v_sum += tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile)
-            else:
-                tl.store(delta_out + bh * num_queries + rows, delta, mask=row_ok)
-        if accumulate_kv:
+        if sum_kv:
             kv_offsets = (bh * num_keys + keys[:, None]) * head_dim + dims[None, :]
+            kv_mask = key_ok[:, None] & dim_ok[None, :]
             # relaxed: plain reductions in L2, no ordering (the default acq_rel fences every add)
             tl.atomic_add(grad_k + kv_offsets, grad_k_sum * scale, mask=kv_mask, sem="relaxed")
             tl.atomic_add(grad_v + kv_offsets, grad_v_sum, mask=kv_mask, sem="relaxed")
-
-    @triton.jit
-    def _backward_kv_kernel(q, k, v, grad_out, lse, delta, grad_k, grad_v, num_heads, num_queries, num_keys,
-                            scale, scale_log2, sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sg_b, sg_n,
-                            head_dim: tl.constexpr, block_m: tl.constexpr, block_l: tl.constexpr,
-                            block_d: tl.constexpr, blocks_per_program: tl.constexpr):
-        # dk and dv of one (batch, head) over blocks_per_program query blocks, summed in registers;
-        # grad_k, grad_v (B, H, L, d) float32 zeros (one program per (b, h) when its blocks cover
-        # every query: then each element gets exactly one add, and the result is deterministic)
-        bh = tl.program_id(1)
-        b, h = bh // num_heads, bh % num_heads
-        keys = tl.arange(0, block_l)
-        dims = tl.arange(0, block_d)
-        key_ok, dim_ok = keys < num_keys, dims < head_dim
-        kv_mask = key_ok[:, None] & dim_ok[None, :]
-        k_tile = tl.load(k + b * sk_b + h * sk_h + keys[:, None] * sk_l + dims[None, :], mask=kv_mask, other=0.0)
-        v_tile = tl.load(v + b * sv_b + h * sv_h + keys[:, None] * sv_l + dims[None, :], mask=kv_mask, other=0.0)
-        grad_k_sum = tl.zeros((block_l, block_d), dtype=tl.float32)
-        grad_v_sum = tl.zeros((block_l, block_d), dtype=tl.float32)
-        for index in range(blocks_per_program):
-            rows = (tl.program_id(0) * blocks_per_program + index) * block_m + tl.arange(0, block_m)
-            row_ok = rows < num_queries
-            q_mask = row_ok[:, None] & dim_ok[None, :]
-            q_tile = tl.load(q + b * sq_b + h * sq_h + rows[:, None] * sq_n + dims[None, :], mask=q_mask, other=0.0)
-            do_tile = tl.load(grad_out + b * sg_b + rows[:, None] * sg_n + h * head_dim + dims[None, :],
-                              mask=q_mask, other=0.0)
-            row_lse = tl.load(lse + bh * num_queries + rows, mask=row_ok, other=0.0)
-            row_delta = tl.load(delta + bh * num_queries + rows, mask=row_ok, other=0.0)
-            scores = tl.dot(q_tile, tl.trans(k_tile)) * scale_log2
-            p = tl.where(row_ok[:, None] & key_ok[None, :], tl.exp2(scores - row_lse[:, None]), 0.0)
-            dp = tl.dot(do_tile, tl.trans(v_tile))
-            ds = (p * (dp - row_delta[:, None])).to(q_tile.dtype)
-            grad_k_sum += tl.dot(tl.trans(ds), q_tile)
-            grad_v_sum += tl.dot(tl.trans(p.to(do_tile.dtype)), do_tile)
-        kv_offsets = (bh * num_keys + keys[:, None]) * head_dim + dims[None, :]
-        tl.atomic_add(grad_k + kv_offsets, grad_k_sum * scale, mask=kv_mask, sem="relaxed")
-        tl.atomic_add(grad_v + kv_offsets, grad_v_sum, mask=kv_mask, sem="relaxed")
 
     # Chunked tiles (the third version): keys as 64 + LB and the head dim as 64 + DB (LB, DB the next
     # powers of two of what is left: 16 and 32 for 77 keys and head dim 88), so every key and value
@@ -263,15 +239,10 @@ if triton is not None:
         dims_lo, dims_hi = tl.arange(0, 64), 64 + tl.arange(0, block_db)
         all_lo = keys_lo < 64
         keys_hi_ok, dims_hi_ok = keys_hi < num_keys, dims_hi < head_dim
-        k_base, v_base = k + b * sk_b + h * sk_h, v + b * sv_b + h * sv_h
-        k_lo_lo = _tile(k_base, keys_lo, sk_l, dims_lo, all_lo, all_lo)
-        k_lo_hi = _tile(k_base, keys_lo, sk_l, dims_hi, all_lo, dims_hi_ok)
-        k_hi_lo = _tile(k_base, keys_hi, sk_l, dims_lo, keys_hi_ok, all_lo)
-        k_hi_hi = _tile(k_base, keys_hi, sk_l, dims_hi, keys_hi_ok, dims_hi_ok)
-        v_lo_lo = _tile(v_base, keys_lo, sv_l, dims_lo, all_lo, all_lo)
-        v_lo_hi = _tile(v_base, keys_lo, sv_l, dims_hi, all_lo, dims_hi_ok)
-        v_hi_lo = _tile(v_base, keys_hi, sv_l, dims_lo, keys_hi_ok, all_lo)
-        v_hi_hi = _tile(v_base, keys_hi, sv_l, dims_hi, keys_hi_ok, dims_hi_ok)
+        k_lo_lo, k_lo_hi, k_hi_lo, k_hi_hi = _chunked_tiles(k + b * sk_b + h * sk_h, sk_l, keys_lo, keys_hi, dims_lo,
+                                                            dims_hi, all_lo, keys_hi_ok, dims_hi_ok)
+        v_lo_lo, v_lo_hi, v_hi_lo, v_hi_hi = _chunked_tiles(v + b * sv_b + h * sv_h, sv_l, keys_lo, keys_hi, dims_lo,
+                                                            dims_hi, all_lo, keys_hi_ok, dims_hi_ok)
         for index in range(blocks_per_program):
             rows = (tl.program_id(0) * blocks_per_program + index) * block_m + tl.arange(0, block_m)
             row_ok = rows < num_queries
@@ -307,15 +278,10 @@ if triton is not None:
         dims_lo, dims_hi = tl.arange(0, 64), 64 + tl.arange(0, block_db)
         all_lo = keys_lo < 64
         keys_hi_ok, dims_hi_ok = keys_hi < num_keys, dims_hi < head_dim
-        k_base, v_base = k + b * sk_b + h * sk_h, v + b * sv_b + h * sv_h
-        k_lo_lo = _tile(k_base, keys_lo, sk_l, dims_lo, all_lo, all_lo)
-        k_lo_hi = _tile(k_base, keys_lo, sk_l, dims_hi, all_lo, dims_hi_ok)
-        k_hi_lo = _tile(k_base, keys_hi, sk_l, dims_lo, keys_hi_ok, all_lo)
-        k_hi_hi = _tile(k_base, keys_hi, sk_l, dims_hi, keys_hi_ok, dims_hi_ok)
-        v_lo_lo = _tile(v_base, keys_lo, sv_l, dims_lo, all_lo, all_lo)
-        v_lo_hi = _tile(v_base, keys_lo, sv_l, dims_hi, all_lo, dims_hi_ok)
-        v_hi_lo = _tile(v_base, keys_hi, sv_l, dims_lo, keys_hi_ok, all_lo)
-        v_hi_hi = _tile(v_base, keys_hi, sv_l, dims_hi, keys_hi_ok, dims_hi_ok)
+        k_lo_lo, k_lo_hi, k_hi_lo, k_hi_hi = _chunked_tiles(k + b * sk_b + h * sk_h, sk_l, keys_lo, keys_hi, dims_lo,
+                                                            dims_hi, all_lo, keys_hi_ok, dims_hi_ok)
+        v_lo_lo, v_lo_hi, v_hi_lo, v_hi_hi = _chunked_tiles(v + b * sv_b + h * sv_h, sv_l, keys_lo, keys_hi, dims_lo,
+                                                            dims_hi, all_lo, keys_hi_ok, dims_hi_ok)
         dk_lo_lo = tl.zeros((64, 64), dtype=tl.float32)
         dk_lo_hi = tl.zeros((64, block_db), dtype=tl.float32)
         dk_hi_lo = tl.zeros((block_lb, 64), dtype=tl.float32)
@@ -426,23 +392,15 @@ if triton is not None:
             return {"block_m": settings["block_m"], "blocks_per_program": settings["blocks_per_program"],
                     "num_warps": settings["num_warps"], "num_stages": settings["num_stages"]}
 
+        arguments = (q, k, v, out, grad_out, lse, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3])
         if CHUNKED:
-            kernel = wrap_triton(_backward_chunked_kernel)
-            arguments = (q, k, v, out, grad_out, lse, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3])
-            kernel[grid(config)](*arguments, head_dim=head_dim, **_chunks(q, k), **launch(config),
-                                 write_dq=True, sum_kv=not split)
-            if split:
-                kernel[grid(KV_CONFIG)](*arguments, head_dim=head_dim, **_chunks(q, k), **launch(KV_CONFIG),
-                                        write_dq=False, sum_kv=True)
+            kernel, tiles = wrap_triton(_backward_chunked_kernel), _chunks(q, k)
         else:
-            delta = torch.empty(lse.shape, device=q.device, dtype=torch.float32) if split else lse  # unused: lse
-            wrap_triton(_backward_kernel)[grid(config)](
-                q, k, v, out, grad_out, lse, delta, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3],
-                head_dim=head_dim, block_l=block_l, block_d=block_d, accumulate_kv=not split, **launch(config))
-            if split:
-                wrap_triton(_backward_kv_kernel)[grid(KV_CONFIG)](
-                    q, k, v, grad_out, lse, delta, grad_k, grad_v, *common, head_dim=head_dim,
-                    block_l=block_l, block_d=block_d, **launch(KV_CONFIG))
+            kernel, tiles = wrap_triton(_backward_kernel), {"block_l": block_l, "block_d": block_d}
+        kernel[grid(config)](*arguments, head_dim=head_dim, **tiles, **launch(config), write_dq=True, sum_kv=not split)
+        if split:
+            kernel[grid(KV_CONFIG)](*arguments, head_dim=head_dim, **tiles, **launch(KV_CONFIG), write_dq=False,
+                                    sum_kv=True)
         return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype)
 
     def _setup_context(ctx, inputs, output) -> None:
