@@ -43,6 +43,7 @@ FORWARD_CONFIG = {"block_m": 64, "num_warps": 4, "blocks_per_program": 1, "num_s
 BACKWARD_CONFIG = {"block_m": 64, "num_warps": 4, "blocks_per_program": 1, "num_stages": 1}
 KV_CONFIG: dict | None = None  # {"block_m", "num_warps", "blocks_per_program", "num_stages"}: the split backward
 CHUNKED = False  # the third version's key/value tiles at (nearly) real size
+SPLIT_KV = False  # chunked, with kv settings: dk and dv in two launches instead of one
 
 try:
     import triton
@@ -81,12 +82,16 @@ def _launch(text: str) -> dict:
 
 def configure(settings: str) -> None:
     """Set the kernels' launch settings: "MxWxPxS" (the first version's form: the forward takes M and W,
-    the one-kernel backward all four), or "[chunked] fwd=MxWxPxS bwd=MxWxPxS [kv=MxWxPxS]" (kv: the
-    two-kernel backward, bwd then sets its dq kernel; chunked: the third version's tiles)."""
-    global KV_CONFIG, CHUNKED
+    the one-kernel backward all four), or "[chunked [split-kv]] fwd=MxWxPxS bwd=MxWxPxS [kv=MxWxPxS]"
+    (kv: dk and dv in a launch of their own, bwd then sets the dq launch; chunked: the third
+    version's tiles; split-kv: dk and dv in separate launches)."""
+    global KV_CONFIG, CHUNKED, SPLIT_KV
     words = settings.split()
-    CHUNKED = "chunked" in words
-    parts = dict(part.split("=", 1) if "=" in part else ("old", part) for part in words if part != "chunked")
+    CHUNKED, SPLIT_KV = "chunked" in words, "split-kv" in words
+    if SPLIT_KV and not CHUNKED:
+        raise ValueError(f"split-kv needs the chunked kernels, got {settings!r}")
+    parts = dict(part.split("=", 1) if "=" in part else ("old", part) for part in words
+                 if part not in ("chunked", "split-kv"))
     if "old" in parts:
         launch = _launch(parts["old"])
         FORWARD_CONFIG.update(block_m=launch["block_m"], num_warps=launch["num_warps"], blocks_per_program=1)
@@ -268,10 +273,11 @@ if triton is not None:
                                  num_keys, scale, scale_log2, sq_b, sq_h, sq_n, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
                                  sg_b, sg_n, sdq_b, sdq_h, sdq_n, head_dim: tl.constexpr, block_m: tl.constexpr,
                                  block_lb: tl.constexpr, block_db: tl.constexpr, blocks_per_program: tl.constexpr,
-                                 write_dq: tl.constexpr, sum_kv: tl.constexpr):
-        # write_dq: dq of these queries; sum_kv: their share of dk and dv, summed in registers over
-        # the blocks, then added to grad_k, grad_v (float32 zeros) once. Both, or one of them (then
-        # two launches: dq over many small programs, dk/dv over few long ones).
+                                 write_dq: tl.constexpr, sum_k: tl.constexpr, sum_v: tl.constexpr):
+        # write_dq: dq of these queries; sum_k / sum_v: their share of dk / dv, summed in registers
+        # over the blocks, then added to grad_k / grad_v (float32 zeros) once. All three in one
+        # launch, or split over two or three (dq over many small programs, dk and dv over few long
+        # ones, together or apart: apart, each keeps half the accumulators alive).
         bh = tl.program_id(1)
         b, h = bh // num_heads, bh % num_heads
         keys_lo, keys_hi = tl.arange(0, 64), 64 + tl.arange(0, block_lb)
@@ -296,9 +302,6 @@ if triton is not None:
             q_base = q + b * sq_b + h * sq_h
             q_lo = _tile(q_base, rows, sq_n, dims_lo, row_ok, all_lo)
             q_hi = _tile(q_base, rows, sq_n, dims_hi, row_ok, dims_hi_ok)
-            o_base = out + b * num_queries * num_heads * head_dim + h * head_dim
-            o_lo = _tile(o_base, rows, num_heads * head_dim, dims_lo, row_ok, all_lo)
-            o_hi = _tile(o_base, rows, num_heads * head_dim, dims_hi, row_ok, dims_hi_ok)
             g_base = grad_out + b * sg_b + h * head_dim
             do_lo = _tile(g_base, rows, sg_n, dims_lo, row_ok, all_lo)
             do_hi = _tile(g_base, rows, sg_n, dims_hi, row_ok, dims_hi_ok)
@@ -306,36 +309,42 @@ if triton is not None:
             s_lo, s_hi = _chunked_scores(q_lo, q_hi, k_lo_lo, k_lo_hi, k_hi_lo, k_hi_hi, keys_hi_ok, scale_log2)
             p_lo = tl.where(row_ok[:, None], tl.exp2(s_lo - row_lse[:, None]), 0.0)
             p_hi = tl.where(row_ok[:, None], tl.exp2(s_hi - row_lse[:, None]), 0.0)
-            delta = (tl.sum(o_lo.to(tl.float32) * do_lo.to(tl.float32), axis=1)
-                     + tl.sum(o_hi.to(tl.float32) * do_hi.to(tl.float32), axis=1))
-            ds_lo = (p_lo * (_pair_dot(do_lo, do_hi, v_lo_lo, v_lo_hi) - delta[:, None])).to(q_lo.dtype)
-            ds_hi = (p_hi * (_pair_dot(do_lo, do_hi, v_hi_lo, v_hi_hi) - delta[:, None])).to(q_lo.dtype)
-            if write_dq:
-                dq_base = grad_q + b * sdq_b + h * sdq_h + rows[:, None] * sdq_n
-                dq_lo = (tl.dot(ds_lo, k_lo_lo) + tl.dot(ds_hi, k_hi_lo)) * scale
-                dq_hi = (tl.dot(ds_lo, k_lo_hi) + tl.dot(ds_hi, k_hi_hi)) * scale
-                tl.store(dq_base + dims_lo[None, :], dq_lo.to(grad_q.dtype.element_ty), mask=row_ok[:, None])
-                tl.store(dq_base + dims_hi[None, :], dq_hi.to(grad_q.dtype.element_ty),
-                         mask=row_ok[:, None] & dims_hi_ok[None, :])
-            if sum_kv:
-                ds_lo_t, ds_hi_t = tl.trans(ds_lo), tl.trans(ds_hi)
+            if write_dq or sum_k:
+                o_base = out + b * num_queries * num_heads * head_dim + h * head_dim
+                o_lo = _tile(o_base, rows, num_heads * head_dim, dims_lo, row_ok, all_lo)
+                o_hi = _tile(o_base, rows, num_heads * head_dim, dims_hi, row_ok, dims_hi_ok)
+                delta = (tl.sum(o_lo.to(tl.float32) * do_lo.to(tl.float32), axis=1)
+                         + tl.sum(o_hi.to(tl.float32) * do_hi.to(tl.float32), axis=1))
+                ds_lo = (p_lo * (_pair_dot(do_lo, do_hi, v_lo_lo, v_lo_hi) - delta[:, None])).to(q_lo.dtype)
+                ds_hi = (p_hi * (_pair_dot(do_lo, do_hi, v_hi_lo, v_hi_hi) - delta[:, None])).to(q_lo.dtype)
+                if write_dq:
+                    dq_base = grad_q + b * sdq_b + h * sdq_h + rows[:, None] * sdq_n
+                    dq_lo = (tl.dot(ds_lo, k_lo_lo) + tl.dot(ds_hi, k_hi_lo)) * scale
+                    dq_hi = (tl.dot(ds_lo, k_lo_hi) + tl.dot(ds_hi, k_hi_hi)) * scale
+                    tl.store(dq_base + dims_lo[None, :], dq_lo.to(grad_q.dtype.element_ty), mask=row_ok[:, None])
+                    tl.store(dq_base + dims_hi[None, :], dq_hi.to(grad_q.dtype.element_ty),
+                             mask=row_ok[:, None] & dims_hi_ok[None, :])
+                if sum_k:
+                    ds_lo_t, ds_hi_t = tl.trans(ds_lo), tl.trans(ds_hi)
+                    dk_lo_lo += tl.dot(ds_lo_t, q_lo)
+                    dk_lo_hi += tl.dot(ds_lo_t, q_hi)
+                    dk_hi_lo += tl.dot(ds_hi_t, q_lo)
+                    dk_hi_hi += tl.dot(ds_hi_t, q_hi)
+            if sum_v:
                 p_lo_t, p_hi_t = tl.trans(p_lo.to(do_lo.dtype)), tl.trans(p_hi.to(do_lo.dtype))
-                dk_lo_lo += tl.dot(ds_lo_t, q_lo)
-                dk_lo_hi += tl.dot(ds_lo_t, q_hi)
-                dk_hi_lo += tl.dot(ds_hi_t, q_lo)
-                dk_hi_hi += tl.dot(ds_hi_t, q_hi)
                 dv_lo_lo += tl.dot(p_lo_t, do_lo)
                 dv_lo_hi += tl.dot(p_lo_t, do_hi)
                 dv_hi_lo += tl.dot(p_hi_t, do_lo)
                 dv_hi_hi += tl.dot(p_hi_t, do_hi)
-        if sum_kv:
-            base = bh * num_keys * head_dim
-            lo, hi = base + keys_lo[:, None] * head_dim, base + keys_hi[:, None] * head_dim
-            hi_rows, hi_cols = keys_hi_ok[:, None], dims_hi_ok[None, :]
+        base = bh * num_keys * head_dim
+        lo, hi = base + keys_lo[:, None] * head_dim, base + keys_hi[:, None] * head_dim
+        hi_rows, hi_cols = keys_hi_ok[:, None], dims_hi_ok[None, :]
+        if sum_k:
             tl.atomic_add(grad_k + lo + dims_lo[None, :], dk_lo_lo * scale, sem="relaxed")
             tl.atomic_add(grad_k + lo + dims_hi[None, :], dk_lo_hi * scale, mask=hi_cols, sem="relaxed")
             tl.atomic_add(grad_k + hi + dims_lo[None, :], dk_hi_lo * scale, mask=hi_rows, sem="relaxed")
             tl.atomic_add(grad_k + hi + dims_hi[None, :], dk_hi_hi * scale, mask=hi_rows & hi_cols, sem="relaxed")
+        if sum_v:
             tl.atomic_add(grad_v + lo + dims_lo[None, :], dv_lo_lo, sem="relaxed")
             tl.atomic_add(grad_v + lo + dims_hi[None, :], dv_lo_hi, mask=hi_cols, sem="relaxed")
             tl.atomic_add(grad_v + hi + dims_lo[None, :], dv_hi_lo, mask=hi_rows, sem="relaxed")
@@ -395,12 +404,19 @@ if triton is not None:
         arguments = (q, k, v, out, grad_out, lse, grad_q, grad_k, grad_v, *common, *grad_q.stride()[:3])
         if CHUNKED:
             kernel, tiles = wrap_triton(_backward_chunked_kernel), _chunks(q, k)
+
+            def sums(k_: bool, v_: bool) -> dict:
+                return {"sum_k": k_, "sum_v": v_}
         else:
             kernel, tiles = wrap_triton(_backward_kernel), {"block_l": block_l, "block_d": block_d}
-        kernel[grid(config)](*arguments, head_dim=head_dim, **tiles, **launch(config), write_dq=True, sum_kv=not split)
-        if split:
+
+            def sums(k_: bool, v_: bool) -> dict:
+                return {"sum_kv": k_ and v_}
+        kernel[grid(config)](*arguments, head_dim=head_dim, **tiles, **launch(config), write_dq=True,
+                             **sums(not split, not split))
+        for sum_k, sum_v in ([(True, False), (False, True)] if SPLIT_KV else [(True, True)]) if split else []:
             kernel[grid(KV_CONFIG)](*arguments, head_dim=head_dim, **tiles, **launch(KV_CONFIG), write_dq=False,
-                                    sum_kv=True)
+                                    **sums(sum_k, sum_v))
         return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype)
 
     def _setup_context(ctx, inputs, output) -> None:
