@@ -6,9 +6,10 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    from vqdiffusion.sampling import sample
+    from vqdiffusion.sampling import end_distributed, sample
 
     sample(cfg)
+    end_distributed()  # under torchrun: close the process group before exit
 
 
 if __name__ == "__main__":

@@ -121,6 +121,18 @@ def distributed_context(device: str) -> tuple[int, int, str]:
     return dist.get_rank(), world, device if use_cuda else "cpu"
 
 
+def end_distributed() -> None:
+    """Leave the process group :func:`distributed_context` joined, after a barrier (no rank leaves
+    while another still talks to it). A gloo group left open until interpreter exit can abort a
+    rank as its threads are torn down ("terminate called without an active exception": a
+    two-process CI run exited 1 that way after writing every result)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def sample(cfg: DictConfig) -> Path:
     """Write the job's images (skipping those already there); returns the output folder.
 
