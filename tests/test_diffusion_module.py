@@ -1,6 +1,5 @@
 """The diffusion stage's optimiser wiring: fused AdamW with the module's own gradient clipping."""
 
-import copy
 import dataclasses
 
 import pytest
@@ -42,39 +41,36 @@ def test_clipping_bounds_the_gradients_and_keeps_their_direction(module, algorit
 
 @pytest.mark.parametrize("max_norm", [0.5, 1e6])  # clipped, and below the bound (no change)
 def test_clipping_folded_into_the_fused_step_updates_like_clipping_first(max_norm):
-    from vqdiffusion.utils.optim import clip_grad_norm_in_step
-
-    torch.manual_seed(0)
-    folded = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
-    separate = copy.deepcopy(folded)
-    norms = {}
-    for name, net in (("folded", folded), ("separate", separate)):
-        optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
-        norms[name] = []
-        for step in range(3):
-            x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step))
-            (10 * net(x).square().sum()).backward()
-            clip = clip_grad_norm_in_step if name == "folded" else torch.nn.utils.clip_grad_norm_
-            norms[name].append(float(clip(optimizer if name == "folded" else net.parameters(), max_norm)))
-            optimizer.step()
-            optimizer.zero_grad()
-    assert norms["folded"] == pytest.approx(norms["separate"], rel=1e-6) and min(norms["folded"]) > 100
+    folded, folded_norms = _three_fused_adamw_steps("folded", max_norm)
+    separate, separate_norms = _three_fused_adamw_steps("separate", max_norm)
+    assert folded_norms == pytest.approx(separate_norms, rel=1e-6) and min(folded_norms) > 100
     for a, b in zip(folded.parameters(), separate.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     if max_norm < 100:  # the bound binds here: a fold that skipped clipping would have moved the weights elsewhere
-        assert not torch.allclose(folded[0].weight, _unclipped()[0].weight, atol=1e-3)
+        unclipped, _ = _three_fused_adamw_steps("none", max_norm)
+        assert not torch.allclose(folded[0].weight, unclipped[0].weight, atol=1e-3)
 
 
-def _unclipped() -> torch.nn.Module:
+def _three_fused_adamw_steps(clipping: str, max_norm: float) -> tuple[torch.nn.Module, list[float]]:
+    """A fixed small net after three fused AdamW steps on fixed batches, its gradients clipped to
+    ``max_norm`` inside the step ("folded"), before it ("separate") or not at all ("none"); with
+    the gradient norms seen before clipping."""
+    from vqdiffusion.utils.optim import clip_grad_norm_in_step
+
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
     optimizer = torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)
+    norms = []
     for step in range(3):
         x = torch.randn(32, 8, generator=torch.Generator().manual_seed(step))
         (10 * net(x).square().sum()).backward()
+        if clipping == "folded":
+            norms.append(float(clip_grad_norm_in_step(optimizer, max_norm)))
+        elif clipping == "separate":
+            norms.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)))
         optimizer.step()
         optimizer.zero_grad()
-    return net
+    return net, norms
 
 
 def test_clipping_in_step_refuses_an_unfused_optimizer():
