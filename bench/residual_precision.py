@@ -30,7 +30,7 @@ def loss_and_gradients(model, loss_fn, x0, context, autocast: bool, bf16_residua
     device = x0.device.type
     torch.manual_seed(1)  # the loss's draws of t and x_t: the same for every setting
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-        loss = loss_fn(lambda x_t, t: model(x_t, model_timestep(t), context=context), x0)["loss"]
+        loss = loss_fn(lambda x_t, t: model(x_t, model_timestep(t), context=context, return_logits=True), x0)["loss"]
     loss.backward()
     return loss.item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
 

@@ -27,6 +27,7 @@ import torch
 from flops import SIZES, forward_flops  # bench/flops.py
 from timing import MatmulProbe, event_seconds, matmul_peak  # bench/timing.py
 
+from vqdiffusion.diffusion.closed_form import general_token_terms
 from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
@@ -56,6 +57,7 @@ class StepOptions:
     bf16_residual: bool = False  # the residual stream in bf16 under autocast, not float32
     attention: str = "auto"  # SDPA kernel tried first
     fold_clip: bool = True  # gradient clipping inside the fused AdamW step (DiffusionModule's default)
+    closed_form: bool = True  # the loss's closed form on bf16 logits, not the general posterior on log-probs
 
     @property
     def samples(self) -> int:
@@ -84,6 +86,9 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="SDPA kernel tried first")
     parser.add_argument("--no-fold-clip", action="store_true",
                         help="clip_grad_norm_ before the step instead of folding the clip into fused AdamW")
+    parser.add_argument("--general-posterior", action="store_true",
+                        help="the loss from the general (B, K+1, N) posteriors on float32 log-probs (the "
+                             "path before the closed form) instead of the closed form on the network's logits")
 
 
 def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
@@ -93,7 +98,7 @@ def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
                        compile_loss=args.compile_loss, bf16_residual=args.bf16_residual,
                        memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
                        stacked_qkv=not args.no_stacked_qkv, attention=args.attention,
-                       fold_clip=not args.no_fold_clip, **values)
+                       fold_clip=not args.no_fold_clip, closed_form=not args.general_posterior, **values)
 
 
 def build_step(options: StepOptions):
@@ -119,6 +124,8 @@ def build_step(options: StepOptions):
     schedule = NoiseSchedule(codes).to(device="cuda")
     loss_fn = DiffusionLoss(schedule).to("cuda")
     loss_fn.compile_math = options.compile_loss  # train.py's diffusion_training.compile=true turns on both
+    if not options.closed_form:
+        loss_fn.terms_of_tokens = general_token_terms
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x0 = torch.randint(0, codes, (options.batch, 1024), device="cuda")
     context = torch.randn(options.batch, ctx_len, ctx_dim, device="cuda")
@@ -127,7 +134,8 @@ def build_step(options: StepOptions):
         with attention_backend(options.attention):  # a fresh context each step: one is single-use
             for _ in range(options.accumulate):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context), x0)
+                    terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context,
+                                                           return_logits=options.closed_form), x0)
                 (terms["loss"] / options.accumulate).backward()
         if options.fold_clip:
             clip_grad_norm_in_step(optimizer, 1.0)
@@ -185,7 +193,8 @@ def main() -> None:
                 label = (f"{size} b={batch}x{options.accumulate} ckpt={checkpointing} compile={options.compile} "
                          f"mode={options.compile_mode} stacked_qkv={options.stacked_qkv} "
                          f"bf16_residual={options.bf16_residual} "
-                         f"attention={options.attention} fold_clip={options.fold_clip}")
+                         f"attention={options.attention} fold_clip={options.fold_clip} "
+                         f"closed_form={options.closed_form}")
                 try:
                     row.update(measure(options, args.steps, args.warmup))
                     row["mfu"] = row["tflops"] / peak

@@ -13,12 +13,14 @@ import torch
 from torch import nn
 
 from ..utils.compiled import compiled
-from .process import categorical_kl, log_onehot, q_posterior, q_sample
+from .closed_form import token_terms
+from .process import q_sample
 from .schedule import NoiseSchedule
 
 __all__ = ["LossConfig", "DiffusionLoss", "LogPX0Fn"]
 
-# (x_t (B, N) long, t (B,) long paper times) -> log p(x0 | x_t) (B, K, N)
+# (x_t (B, N) long, t (B,) long paper times) -> log p(x0 | x_t) (B, K, N), up to a constant per
+# token: the network's logits will do
 LogPX0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -39,36 +41,33 @@ class LossConfig:
             raise ValueError(f"auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
 
 
-def per_sample_terms(log_p0: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+def per_sample_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                      schedule: NoiseSchedule, masked_weight: float, unmasked_weight: float,
-                     auxiliary_weight: float, adaptive_auxiliary: bool):
+                     auxiliary_weight: float, adaptive_auxiliary: bool, terms_of_tokens=token_terms):
     """The loss math after the network, per sample: (bound, kl, decoder_nll, weighted aux), each (B,).
 
-    bound is the KL between the true and the model posteriors over (B, K+1, N) at t > 1 and the
-    decoder NLL at t = 1. One function of tensors, so that ``torch.compile`` can fuse its passes.
+    bound is the KL between the true and the model posteriors at t > 1 and the decoder NLL at
+    t = 1, from the closed form of :mod:`.closed_form`. One function of tensors, so that
+    ``torch.compile`` can fuse it (with bf16 logits, the float32 cast happens inside).
 
     Args:
-        log_p0: (B, K, N) the network's log p(x0 | x_t); x0, x_t: (B, N); t: (B,) paper times.
+        logits: (B, K, N) the network's log p(x0 | x_t), normalised or not; x0, x_t: (B, N);
+            t: (B,) paper times.
+        terms_of_tokens: :func:`.closed_form.token_terms`, or its reference
+            :func:`.closed_form.general_token_terms`.
     """
-    log_p0 = log_p0.float()
-    steps = schedule.num_timesteps
-    log_x0 = log_onehot(x0, schedule.num_codes)  # (B, K, N)
-    s = t - 1
-    log_model = q_posterior(log_p0, x_t, t, s, schedule)  # (B, K+1, N)
-    log_true = q_posterior(log_x0, x_t, t, s, schedule)  # (B, K+1, N)
-    is_mask = x_t == schedule.mask_index
-    weight = torch.where(is_mask, masked_weight, unmasked_weight)  # (B, N)
-
-    kl = (categorical_kl(log_true, log_model) * weight).sum(1)  # (B,)
-    decoder_nll = -(log_model.gather(1, x0[:, None, :]).squeeze(1) * weight).sum(1)  # (B,)
+    terms = terms_of_tokens(logits, x0, x_t, t, schedule)
+    weight = torch.where(x_t == schedule.mask_index, masked_weight, unmasked_weight)  # (B, N)
+    kl = (terms.kl * weight).sum(1)  # (B,)
+    decoder_nll = (terms.decoder_nll * weight).sum(1)
     is_first = t == 1
-    bound = torch.where(is_first, decoder_nll, kl)  # (B,)
+    bound = torch.where(is_first, decoder_nll, kl)
 
     aux = torch.zeros_like(bound)
     if auxiliary_weight > 0:
-        kl_aux = (categorical_kl(log_x0, log_p0) * weight).sum(1)  # (B,)
+        kl_aux = (terms.x0_nll * weight).sum(1)  # KL(onehot(x0) || p(x0 | x_t))
         aux = torch.where(is_first, decoder_nll, kl_aux)
-        factor = (1 - t / steps) + 1 if adaptive_auxiliary else torch.ones_like(bound)
+        factor = (1 - t / schedule.num_timesteps) + 1 if adaptive_auxiliary else torch.ones_like(bound)
         aux = auxiliary_weight * factor * aux
     return bound, kl, decoder_nll, aux
 
@@ -79,10 +78,13 @@ class DiffusionLoss(nn.Module):
     The importance-sampling history (``loss_sq_history``, ``loss_count``; one entry per t) is
     module state, so it is saved and restored with checkpoints. Nothing here synchronises with the
     host: the switch from uniform to importance sampling happens on the device.
-    ``compile_math = True`` runs the math after the network under ``torch.compile``.
+    ``compile_math = True`` runs the math after the network under ``torch.compile`` (when
+    gradients are on);
+    ``terms_of_tokens`` is the closed form (a benchmark may swap in the general reference).
     """
 
     compile_math = False
+    terms_of_tokens = staticmethod(token_terms)
 
     def __init__(self, schedule: NoiseSchedule, config: LossConfig | None = None) -> None:
         super().__init__()
@@ -122,7 +124,8 @@ class DiffusionLoss(nn.Module):
         """Loss terms for a batch of token grids.
 
         Args:
-            log_p_x0: the network as a function of (x_t, t).
+            log_p_x0: the network as a function of (x_t, t), returning log p(x0 | x_t) or its
+                logits (B, K, N).
             x0: (B, N) long code indices.
             t: optional (B,) paper times (then p_t is uniform); sampled otherwise.
         Returns:
@@ -139,10 +142,14 @@ class DiffusionLoss(nn.Module):
         else:
             p_t = torch.full(t.shape, 1.0 / steps, device=x0.device)
         x_t = q_sample(x0, t, schedule, generator)  # (B, N)
-        log_p0 = log_p_x0(x_t, t)  # (B, K, N)
-        terms = compiled(per_sample_terms) if self.compile_math else per_sample_terms
-        bound, kl, decoder_nll, aux = terms(log_p0, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
-                                            cfg.auxiliary_weight, cfg.adaptive_auxiliary)
+        logits = log_p_x0(x_t, t)  # (B, K, N)
+        # Compiled for training only: Triton 3.6 failed to build the no-grad (validation) graph of
+        # this math at batch 512 x 256 codes ("PassManager::run failed" in make_ttgir, H100), and
+        # validation evaluates a few batches
+        compile_now = self.compile_math and torch.is_grad_enabled()
+        terms = compiled(per_sample_terms) if compile_now else per_sample_terms
+        bound, kl, decoder_nll, aux = terms(logits, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
+                                            cfg.auxiliary_weight, cfg.adaptive_auxiliary, self.terms_of_tokens)
         self._update_history(t, bound.detach())
         is_first = t == 1
 

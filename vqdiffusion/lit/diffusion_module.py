@@ -161,7 +161,7 @@ class DiffusionModule(pl.LightningModule):
         conditions = self.conditions(batch, self.hparams.caption_dropout, generator)
 
         def log_p_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.transformer(x_t, model_timestep(t), **conditions)
+            return self.transformer(x_t, model_timestep(t), **conditions, return_logits=True)
 
         terms = self.loss(log_p_x0, x0, generator=generator)
         if not torch.isfinite(terms["loss"]):
@@ -233,7 +233,7 @@ class DiffusionModule(pl.LightningModule):
             t = torch.full((len(x0),), 1 + (bucket * steps) // 10 + steps // 20, device=self.device).clamp(1, steps)
 
             def log_p_x0(x_t, t_, conditions=conditions):
-                return self.ema_transformer(x_t, model_timestep(t_), **conditions)
+                return self.ema_transformer(x_t, model_timestep(t_), **conditions, return_logits=True)
 
             terms = self.loss(log_p_x0, x0, generator=g, t=t)
             self.log(f"val/vb_t{bucket * 10:02d}-{bucket * 10 + 9:02d}", terms["vb"],

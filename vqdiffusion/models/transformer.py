@@ -297,6 +297,7 @@ class VQDiffusionTransformer(nn.Module):
         context: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
         context_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        return_logits: bool = False,
     ) -> torch.Tensor:
         """Log-probabilities of the clean codes.
 
@@ -307,8 +308,12 @@ class VQDiffusionTransformer(nn.Module):
             class_labels: (B,) long in ``0..C`` (C = null class), for class-conditional models.
             context_kv: instead of ``context``, its per-block keys and values
                 (:meth:`context_keys_values`).
+            return_logits: return the unnormalised scores instead, in the compute dtype (bf16
+                under autocast): what the training loss takes, so that it can fuse the float32
+                cast and the normalisation into its own math rather than read a float32 copy.
         Returns:
-            (B, K, N) float32 log p(x0 | x_t).
+            (B, K, N) float32 log p(x0 | x_t), or with ``return_logits`` its logits (a
+            transposed view of a (B, N, K) tensor).
         """
         batch = x_t.shape[0]
         timestep = torch.as_tensor(timestep, device=x_t.device).long()
@@ -332,4 +337,6 @@ class VQDiffusionTransformer(nn.Module):
             else:
                 h = block(h, timestep, context, extra, keys_values)
         logits = self.out(self.norm_out(h))  # (B, N, K)
+        if return_logits:
+            return logits.transpose(1, 2)
         return F.log_softmax(logits.float(), dim=-1).transpose(1, 2)  # (B, K, N)
