@@ -43,6 +43,6 @@ if [ "$what" != sampling ]; then
   # what gradient checkpointing costs at the same batch, and the batch it makes fit
   timeout 150 python3 bench/train_mfu.py --size ithq --batch 24 64 --checkpointing on $t --bf16-residual \
       --out "$out/train_ithq_ckpt.json" 2>&1 | quiet | tail -4
-  timeout 150 python3 bench/train_mfu.py --size coco --batch 32 48 --checkpointing off $t --bf16-residual \
+  timeout 150 python3 bench/train_mfu.py --size coco --batch 48 64 --checkpointing off $t --bf16-residual \
       --out "$out/train_coco.json" 2>&1 | quiet | tail -4
 fi
