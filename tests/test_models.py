@@ -47,6 +47,18 @@ def test_per_sample_timesteps_equal_separate_calls():
         assert torch.allclose(batched[i], alone[0], atol=1e-5)
 
 
+def test_return_logits_gives_the_scores_before_the_log_softmax_in_the_compute_dtype():
+    model = tiny_transformer()
+    x_t = torch.randint(0, K + 1, (2, 16))
+    context = torch.randn(2, 7, 32)
+    log_probs = model(x_t, torch.tensor([3, 60]), context=context)
+    logits = model(x_t, torch.tensor([3, 60]), context=context, return_logits=True)
+    assert logits.shape == (2, K, 16) and not torch.allclose(logits, log_probs)
+    torch.testing.assert_close(logits.log_softmax(1), log_probs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x_t, torch.tensor([3, 60]), context=context, return_logits=True).dtype == torch.bfloat16
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     plain = tiny_transformer()
