@@ -136,3 +136,21 @@ def test_compiled_loss_math_equals_the_eager_math():
     for key in ("loss", "vb", "aux", "kl", "decoder_nll"):
         torch.testing.assert_close(fused[key], eager[key], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(fused_grad, eager_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_loss_math_runs_eager_without_gradients(monkeypatch):
+    """Validation (no grad) never builds the compiled graph: Triton 3.6 crashed building that one."""
+    import vqdiffusion.diffusion.loss as loss_module
+
+    def refuse(function):
+        raise AssertionError("the no-grad loss asked for the compiled math")
+
+    monkeypatch.setattr(loss_module, "compiled", refuse)
+    loss = DiffusionLoss(NoiseSchedule(K))
+    loss.compile_math = True
+    x0 = torch.randint(0, K, (B, N))
+    with torch.no_grad():
+        terms = loss(lambda x_t, t: torch.zeros(B, K, N), x0, t=torch.full((B,), 30))
+    assert torch.isfinite(terms["loss"])
+    with pytest.raises(AssertionError, match="asked for the compiled math"):
+        loss(lambda x_t, t: torch.zeros(B, K, N, requires_grad=True), x0, t=torch.full((B,), 30))
