@@ -111,7 +111,7 @@ class DiffusionModule(pl.LightningModule):
             # same step time. The EMA copy, used for sampling, stays eager.
             for block in self.transformer.transformer_blocks:
                 block.compile()
-            self.loss.compile_math = True  # the (B, K+1, N) posterior and KL math after the network
+            self.loss.compile_math = True  # the closed-form loss math after the network (with gradients)
         if kind == "text":
             self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
 
