@@ -33,7 +33,7 @@ def clip_grad_norm_in_step(optimizer: torch.optim.Optimizer, max_norm: float) ->
     if not grads:
         optimizer.grad_scale = None
         return torch.tensor(0.0)
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+    norm = torch.nn.utils.get_total_norm(grads)  # the norm clip_grad_norm_ computes
     # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6) where that is below 1
     optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp(min=1.0)
     return norm
