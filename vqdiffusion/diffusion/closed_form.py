@@ -105,8 +105,8 @@ def token_terms(
     log_total = shifted.sum(1).log()  # (B, N)
     is_k = torch.arange(codes, device=logits.device)[None, :, None] == k
     off_k = torch.where(is_k, 0.0, shifted).sum(1)
-    log_p_a = centred.gather(1, a).squeeze(1) - log_total
-    log_p_k = centred.gather(1, k).squeeze(1) - log_total
+    centred_a, centred_k = centred.gather(1, a).squeeze(1), centred.gather(1, k).squeeze(1)
+    log_p_a, log_p_k = centred_a - log_total, centred_k - log_total
     log_p_off_k = _log(off_k) - log_total
 
     # w for a code x_t: w_k ∝ p_k r, w_j ∝ p_j (j != k), with r = c_o / c_k, so w_k = sigmoid(-x)
@@ -147,8 +147,9 @@ def token_terms(
     has_background = background > 0
     offset = torch.where(has_background, log_as + shift_other - log_bs - log_total, 0.0)  # (B, N)
     background_sum = -_softplus(centred + offset[:, None]).sum(1)
-    background_at_a = -_softplus(log_p_a + log_total + offset)
-    background_at_k = -_softplus(log_p_k + log_total + offset)
+    # the terms at a and k exactly as the sum holds them, to take them out again
+    background_at_a = -_softplus(centred_a + offset)
+    background_at_k = -_softplus(centred_k + offset)
     log_as_plus_bs = torch.logaddexp(log_as, log_bs)
     diff_a = log_as_plus_bs - torch.logaddexp(log_as + log_w_a, log_bs)
     # a kept token whose w_k is near 1: -log(1 - A_s (1 - w_k) / (A_s + B_s)), from 1 - w_k itself
