@@ -64,7 +64,27 @@ def kernel_table(run, steps: int) -> dict:
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:25]
     return {"busy_ms": sum(families.values()), "families": dict(sorted(families.items(), key=lambda kv: -kv[1])),
             "top": [{"kernel": name[:140], "family": family(name), "ms": ms, "calls": calls}
-                    for name, (ms, calls) in top]}
+                    for name, (ms, calls) in top], **idle_gaps(prof, steps)}
+
+
+def idle_gaps(prof, steps: int) -> dict:
+    """Where the GPU sat idle: the gaps between one kernel's end and the next kernel's start (over
+    all streams), summed per (kernel before, kernel after) pair. A pair that repeats once per block
+    points at the host work between those two launches."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type == DeviceType.CUDA)
+    pairs: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    reach, before = spans[0][1], spans[0][2]
+    for start, end, name in spans[1:]:
+        if start > reach:
+            entry = pairs[(before[:70], name[:70])]
+            entry[0] += (start - reach) / 1e3 / steps  # ms per step
+            entry[1] += 1 / steps
+        if end > reach:
+            reach, before = end, name
+    top = sorted(pairs.items(), key=lambda kv: -kv[1][0])[:15]
+    return {"idle_ms": sum(ms for ms, _ in pairs.values()),
+            "idle_top": [{"before": b, "after": a, "ms": ms, "gaps": n} for (b, a), (ms, n) in top]}
 
 
 def sampling_run(args):
@@ -154,6 +174,10 @@ def main() -> None:
     print("| top kernels | family | ms/step | calls/step |\n|---|---|---|---|")
     for row in table["top"][:15]:
         print(f"| `{row['kernel'][:90]}` | {row['family']} | {row['ms']:.2f} | {row['calls']:.0f} |")
+    print(f"idle between kernels {table['idle_ms']:.2f} ms/step; largest (kernel before -> kernel after):")
+    print("| before | after | ms/step | gaps/step |\n|---|---|---|---|")
+    for row in table["idle_top"][:10]:
+        print(f"| `{row['before'][:60]}` | `{row['after'][:60]}` | {row['ms']:.2f} | {row['gaps']:.1f} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"label": label, "gpu": gpu, "torch": torch.__version__, "wall_ms": wall_ms, **table}, f,

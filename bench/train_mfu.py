@@ -18,6 +18,7 @@ temperature as the steps). A batch that does not fit is reported as OOM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -58,6 +59,13 @@ class StepOptions:
     attention: str = "auto"  # SDPA kernel tried first
     fold_clip: bool = True  # gradient clipping inside the fused AdamW step (DiffusionModule's default)
     closed_form: bool = True  # the loss's closed form on bf16 logits, not the general posterior on log-probs
+    cuda_graph: bool = False  # the whole step (forward, backward, clipping, AdamW) replayed from one CUDA graph
+    ddp: bool = False  # the model under DistributedDataParallel (bench/ddp_mfu.py, one process per GPU)
+    ddp_bucket_view: bool = False  # DDP's gradient_as_bucket_view: gradients live in the all-reduce buckets
+    ddp_static_graph: bool = False  # DDP's static_graph
+    ddp_bucket_mb: int = 25  # DDP's bucket_cap_mb
+    ddp_bf16_grads: bool = False  # DDP's bf16_compress_hook: gradients all-reduced in bf16
+    sm_carveout: int | None = None  # SMs the backward's cuBLAS matmuls leave free (for NCCL's kernels)
 
     @property
     def samples(self) -> int:
@@ -86,6 +94,12 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="SDPA kernel tried first")
     parser.add_argument("--no-fold-clip", action="store_true",
                         help="clip_grad_norm_ before the step instead of folding the clip into fused AdamW")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture the whole step in one CUDA graph after warm-up and replay it (no host "
+                             "launches left between kernels)")
+    parser.add_argument("--sm-carveout", type=int, default=None, metavar="SMS",
+                        help="during backward, cuBLAS matmuls target all SMs but this many "
+                             "(torch._C._set_sm_carveout_experimental), leaving them to DDP's all-reduce kernels")
     parser.add_argument("--general-posterior", action="store_true",
                         help="the loss from the general (B, K+1, N) posteriors on float32 log-probs (the "
                              "path before the closed form) instead of the closed form on the network's logits")
@@ -98,11 +112,14 @@ def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
                        compile_loss=args.compile_loss, bf16_residual=args.bf16_residual,
                        memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
                        stacked_qkv=not args.no_stacked_qkv, attention=args.attention,
-                       fold_clip=not args.no_fold_clip, closed_form=not args.general_posterior, **values)
+                       fold_clip=not args.no_fold_clip, closed_form=not args.general_posterior,
+                       cuda_graph=args.cuda_graph, sm_carveout=args.sm_carveout, **values)
 
 
 def build_step(options: StepOptions):
     """One training step as a function of nothing (random tokens and text, fixed per call)."""
+    if options.cuda_graph and options.ddp:
+        raise ValueError("--cuda-graph with DDP is not supported: its all-reduces run outside a captured graph")
     layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[options.size]
     config = TransformerConfig(num_embeds=codes, height=32, width=32, num_layers=layers, num_heads=heads,
                                head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=options.checkpointing)
@@ -121,12 +138,21 @@ def build_step(options: StepOptions):
         network = model
     else:
         network = model
+    if options.ddp:  # Lightning's strategy=ddp: torch's DDP with its default buckets, after the compile
+        network = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[torch.cuda.current_device()], gradient_as_bucket_view=options.ddp_bucket_view,
+            static_graph=options.ddp_static_graph, bucket_cap_mb=options.ddp_bucket_mb)
+        if options.ddp_bf16_grads:
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+            network.register_comm_hook(None, bf16_compress_hook)
     schedule = NoiseSchedule(codes).to(device="cuda")
     loss_fn = DiffusionLoss(schedule).to("cuda")
     loss_fn.compile_math = options.compile_loss  # train.py's diffusion_training.compile=true turns on both
     if not options.closed_form:
         loss_fn.terms_of_tokens = general_token_terms
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    # a captured step keeps AdamW's step counters on the device (capturable)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True, capturable=options.cuda_graph)
     x0 = torch.randint(0, codes, (options.batch, 1024), device="cuda")
     context = torch.randn(options.batch, ctx_len, ctx_dim, device="cuda")
 
@@ -136,7 +162,8 @@ def build_step(options: StepOptions):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context,
                                                            return_logits=options.closed_form), x0)
-                (terms["loss"] / options.accumulate).backward()
+                with sm_carveout(options.sm_carveout):
+                    (terms["loss"] / options.accumulate).backward()
         if options.fold_clip:
             clip_grad_norm_in_step(optimizer, 1.0)
         else:
@@ -144,8 +171,50 @@ def build_step(options: StepOptions):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step.parameters_m = sum(p.numel() for p in model.parameters()) / 1e6
-    return step
+    timed = graph_replayer(step) if options.cuda_graph else step
+    timed.parameters_m = sum(p.numel() for p in model.parameters()) / 1e6
+    return timed
+
+
+@contextlib.contextmanager
+def sm_carveout(sms: int | None):
+    """cuBLAS matmuls started inside target all SMs but ``sms`` (None: all). A persistent matmul
+    sizes its grid to the SMs it targets; launched beside an NCCL kernel that holds some of them,
+    its blocks without an SM run in a second wave (PyTorch's note on
+    ``Context::_SMCarveout_EXPERIMENTAL``), which DDP's all-reduce during backward may cause."""
+    if sms is None:
+        yield
+        return
+    torch._C._set_sm_carveout_experimental(sms)
+    try:
+        yield
+    finally:
+        torch._C._set_sm_carveout_experimental(None)
+
+
+def graph_replayer(step, warmup: int = 3):
+    """``step`` captured in one CUDA graph on its first call (after ``warmup`` eager steps on a side
+    stream, the first of which compiles) and replayed from then on: the step's random draws (t,
+    x_t) come from the CUDA generator, which advances with every replay; its gradients live in the
+    graph's memory pool (they are None when the capture begins, as PyTorch's whole-network recipe
+    asks), and ``step`` ends by setting them to None again."""
+    graph = None
+
+    def replay() -> None:
+        nonlocal graph
+        if graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+        graph.replay()
+
+    return replay
 
 
 def measure(options: StepOptions, steps: int, warmup: int) -> dict:
@@ -194,7 +263,7 @@ def main() -> None:
                          f"mode={options.compile_mode} stacked_qkv={options.stacked_qkv} "
                          f"bf16_residual={options.bf16_residual} "
                          f"attention={options.attention} fold_clip={options.fold_clip} "
-                         f"closed_form={options.closed_form}")
+                         f"closed_form={options.closed_form} cuda_graph={options.cuda_graph}")
                 try:
                     row.update(measure(options, args.steps, args.warmup))
                     row["mfu"] = row["tflops"] / peak
