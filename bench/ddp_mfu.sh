@@ -2,11 +2,13 @@
 # DDP training throughput of the bench/train_mfu.py step (torch.compile'd blocks and loss, as
 # experiment=coco / ithq train) on 1, 2 and 4 GPUs of one host, at the COCO and ITHQ sizes, then
 # the speed-up table. Several GPUs run DDP with gradient_as_bucket_view (what trainer=ddp sets);
-# at the largest count the COCO size also runs DDP's defaults. One JSON per run in OUTDIR.
-#   bash bench/ddp_mfu.sh [OUTDIR=$OUT or bench] [GPU counts, default "1 2 4"]
+# at the largest count the COCO size also runs DDP's defaults, and the ITHQ size once per SM
+# carve-out given (bench/train_mfu.py --sm-carveout). One JSON per run in OUTDIR.
+#   bash bench/ddp_mfu.sh [OUTDIR=$OUT or bench] [GPU counts, default "1 2 4"] [carve-outs, e.g. "8 16 24"]
 set -uo pipefail
 out=${1:-${OUT:-bench}}
 counts=${2:-1 2 4}
+carveouts=${3:-}
 export PYTHONPATH=$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 compiled="--compile blocks --compile-loss --steps 10 --warmup 3"
 last=${counts##* }
@@ -18,9 +20,15 @@ run() {  # run N SIZE-LABEL ARGS...
 for n in $counts; do
   view=(); [ "$n" -gt 1 ] && view=(--bucket-view)
   # COCO at its largest single-GPU batch with the default float32 residual stream; ITHQ at batch 24
-  # with the bf16 stream (the float32 stream's 71 GiB plus DDP's buckets do not fit 80 GB)
+  # with the bf16 stream (DDP adds 5 GiB to the 1-GPU peak: the float32 stream's 71 GiB would leave
+  # almost nothing of the 80 GB; not tried)
   run "$n" coco_b64 --size coco --batch 64 "${view[@]}"
   run "$n" ithq_b24 --size ithq --batch 24 --bf16-residual "${view[@]}"
-  [ "$n" = "$last" ] && [ "$n" -gt 1 ] && run "$n" coco_b64_plain_ddp --size coco --batch 64
+  if [ "$n" = "$last" ] && [ "$n" -gt 1 ]; then
+    run "$n" coco_b64_plain_ddp --size coco --batch 64
+    for sms in $carveouts; do
+      run "$n" ithq_b24_carveout${sms} --size ithq --batch 24 --bf16-residual "${view[@]}" --sm-carveout "$sms"
+    done
+  fi
 done
 python3 bench/ddp_mfu.py --table "$out"/results_ddp_*.json
