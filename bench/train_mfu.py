@@ -223,7 +223,8 @@ def measure(options: StepOptions, steps: int, warmup: int) -> dict:
     step()  # the first step compiles
     torch.cuda.synchronize()
     first_step_s = time.perf_counter() - begin
-    torch.cuda.reset_peak_memory_stats()
+    if not options.cuda_graph:  # a captured step allocates only while its first call captures it
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(max(warmup, 1)):  # at least one step inside the memory reading
         step()
     peak_memory = torch.cuda.max_memory_allocated() / 2**30  # before the probe's operands exist
