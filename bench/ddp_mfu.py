@@ -78,6 +78,7 @@ def table(paths: list[str]) -> None:
                          + ["static graph"] * o.get("ddp_static_graph", False)
                          + [f"{o.get('ddp_bucket_mb', 25)} MB buckets"] * (o.get("ddp_bucket_mb", 25) != 25)
                          + ["bf16 all-reduce"] * o.get("ddp_bf16_grads", False)
+                         + [f"{o['blas']}"] * (o.get("blas", "default") != "default")
                          + [f"backward matmuls leave {o.get('sm_carveout')} SMs"] * (o.get("sm_carveout") is not None)
                          + [f"{k}={v}" for k, v in r.get("nccl_env", {}).items() if k != "NCCL_NVLS_ENABLE"])
 

@@ -26,8 +26,11 @@ for n in $counts; do
   run "$n" ithq_b24 --size ithq --batch 24 --bf16-residual "${view[@]}"
   if [ "$n" = "$last" ] && [ "$n" -gt 1 ]; then
     run "$n" coco_b64_plain_ddp --size coco --batch 64
+    # the carve-out reaches cuBLASLt calls only: those runs, and one without it, use cuBLASLt
+    [ -n "$carveouts" ] && run "$n" ithq_b24_cublaslt --size ithq --batch 24 --bf16-residual "${view[@]}" --blas cublaslt
     for sms in $carveouts; do
-      run "$n" ithq_b24_carveout${sms} --size ithq --batch 24 --bf16-residual "${view[@]}" --sm-carveout "$sms"
+      run "$n" ithq_b24_carveout${sms} --size ithq --batch 24 --bf16-residual "${view[@]}" --blas cublaslt \
+        --sm-carveout "$sms"
     done
   fi
 done

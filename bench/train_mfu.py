@@ -65,7 +65,8 @@ class StepOptions:
     ddp_static_graph: bool = False  # DDP's static_graph
     ddp_bucket_mb: int = 25  # DDP's bucket_cap_mb
     ddp_bf16_grads: bool = False  # DDP's bf16_compress_hook: gradients all-reduced in bf16
-    sm_carveout: int | None = None  # SMs the backward's cuBLAS matmuls leave free (for NCCL's kernels)
+    sm_carveout: int | None = None  # SMs the backward's cuBLASLt matmuls leave free (for NCCL's kernels)
+    blas: str = "default"  # torch.backends.cuda.preferred_blas_library for the step ("cublaslt", "cublas")
 
     @property
     def samples(self) -> int:
@@ -98,8 +99,11 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
                         help="capture the whole step in one CUDA graph after warm-up and replay it (no host "
                              "launches left between kernels)")
     parser.add_argument("--sm-carveout", type=int, default=None, metavar="SMS",
-                        help="during backward, cuBLAS matmuls target all SMs but this many "
-                             "(torch._C._set_sm_carveout_experimental), leaving them to DDP's all-reduce kernels")
+                        help="during backward, cuBLASLt matmuls target all SMs but this many "
+                             "(torch._C._set_sm_carveout_experimental), leaving them to DDP's all-reduce "
+                             "kernels; only cuBLASLt calls honour it, so pair it with --blas cublaslt")
+    parser.add_argument("--blas", choices=("default", "cublas", "cublaslt"), default="default",
+                        help="torch.backends.cuda.preferred_blas_library for the step")
     parser.add_argument("--general-posterior", action="store_true",
                         help="the loss from the general (B, K+1, N) posteriors on float32 log-probs (the "
                              "path before the closed form) instead of the closed form on the network's logits")
@@ -113,7 +117,7 @@ def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
                        memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
                        stacked_qkv=not args.no_stacked_qkv, attention=args.attention,
                        fold_clip=not args.no_fold_clip, closed_form=not args.general_posterior,
-                       cuda_graph=args.cuda_graph, sm_carveout=args.sm_carveout, **values)
+                       cuda_graph=args.cuda_graph, sm_carveout=args.sm_carveout, blas=args.blas, **values)
 
 
 def build_step(options: StepOptions):
@@ -123,6 +127,8 @@ def build_step(options: StepOptions):
     layers, heads, head_dim, codes, ctx_dim, ctx_len = SIZES[options.size]
     config = TransformerConfig(num_embeds=codes, height=32, width=32, num_layers=layers, num_heads=heads,
                                head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=options.checkpointing)
+    if options.blas != "default":
+        torch.backends.cuda.preferred_blas_library(options.blas)
     torch.manual_seed(0)
     model = VQDiffusionTransformer(config).cuda()
     Attention.stack_qkv_in_training = options.stacked_qkv
@@ -178,7 +184,8 @@ def build_step(options: StepOptions):
 
 @contextlib.contextmanager
 def sm_carveout(sms: int | None):
-    """cuBLAS matmuls started inside target all SMs but ``sms`` (None: all). A persistent matmul
+    """cuBLASLt matmuls started inside target all SMs but ``sms`` (None: all; plain cuBLAS calls
+    ignore it: see ``StepOptions.blas``). A persistent matmul
     sizes its grid to the SMs it targets; launched beside an NCCL kernel that holds some of them,
     its blocks without an SM run in a second wave (PyTorch's note on
     ``Context::_SMCarveout_EXPERIMENTAL``), which DDP's all-reduce during backward may cause."""
