@@ -7,6 +7,8 @@
 # bench/quickstart_gpu.sh) and a quickstart_gpu tokenizer in .cache/tok_ab (its stage=tokenizer
 # run folder's tokenizer/):
 #   bash bench/residual_ab_gpu.sh [seeds...]     # default seeds: 0 1
+#   EXTRA="model.num_layers=16 data.batch_size=256" LIMIT=580 bash bench/residual_ab_gpu.sh 0 1
+# EXTRA: more Hydra overrides for every run (e.g. a deeper model); LIMIT: seconds per run.
 # Prints a table; ${OUT:-bench/out}/residual_ab.json holds every run's validation and loss series.
 set -uo pipefail
 seeds=${*:-0 1}
@@ -20,7 +22,7 @@ for seed in $seeds; do
     run=outputs/residual_ab/bf16_${residual}_seed${seed}
     CUDA_VISIBLE_DEVICES=$gpu timeout "${LIMIT:-560}" python3 train.py experiment=quickstart_gpu stage=diffusion \
       tokenizer_checkpoint=$PWD/.cache/tok_ab condition.encoder=$PWD/.cache/minilm-fp16 logger=csv seed=$seed \
-      diffusion_training.bf16_residual=$residual data.num_workers=10 hydra.run.dir=$run \
+      diffusion_training.bf16_residual=$residual data.num_workers=10 hydra.run.dir=$run ${EXTRA:-} \
       > "$run.log" 2>&1 &
     gpu=$((gpu + 1))
   done
