@@ -144,7 +144,7 @@ def build_step(options: StepOptions):
         network = model
     else:
         network = model
-    if options.ddp:  # Lightning's strategy=ddp: torch's DDP with its default buckets, after the compile
+    if options.ddp:  # as Lightning's strategy=ddp wraps it (DDP's defaults unless ddp_* say otherwise)
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[torch.cuda.current_device()], gradient_as_bucket_view=options.ddp_bucket_view,
             static_graph=options.ddp_static_graph, bucket_cap_mb=options.ddp_bucket_mb)
@@ -185,10 +185,10 @@ def build_step(options: StepOptions):
 @contextlib.contextmanager
 def sm_carveout(sms: int | None):
     """cuBLASLt matmuls started inside target all SMs but ``sms`` (None: all; plain cuBLAS calls
-    ignore it: see ``StepOptions.blas``). A persistent matmul
-    sizes its grid to the SMs it targets; launched beside an NCCL kernel that holds some of them,
-    its blocks without an SM run in a second wave (PyTorch's note on
-    ``Context::_SMCarveout_EXPERIMENTAL``), which DDP's all-reduce during backward may cause."""
+    ignore it: see ``StepOptions.blas``). A persistent matmul sizes its grid to the SMs it targets;
+    launched beside an NCCL kernel that holds some of them, its blocks without an SM run in a
+    second wave (PyTorch's note on ``Context::_SMCarveout_EXPERIMENTAL``) — what DDP's all-reduce
+    during the backward may cause."""
     if sms is None:
         yield
         return
