@@ -214,11 +214,12 @@ class DiffusionModule(pl.LightningModule):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         # Without a GradScaler the gradients are already true-scale, so clip them here: Lightning's
         # mixed-precision plugin refuses any fused optimiser, bf16 included.
+        if gradient_clip_algorithm != "value" and folds_clipping(optimizer):
+            clip_grad_norm_in_step(optimizer, gradient_clip_val)  # the fused AdamW divides as it steps
+            return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        elif folds_clipping(optimizer):  # the fused AdamW divides the gradients as it steps
-            clip_grad_norm_in_step(optimizer, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
