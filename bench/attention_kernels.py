@@ -106,7 +106,7 @@ def main() -> None:
                         default=["128x8x1x1", "fwd=64x4x16x3 bwd=64x4x1x1 kv=64x8x16x2",
                                  "chunked fwd=64x4x16x3 bwd=64x4x1x1",
                                  "chunked fwd=128x8x8x2 bwd=64x4x2x2 kv=64x8x4x2"],
-                        help="short-key kernel settings (vqdiffusion.ops.short_attention.configure)")
+                        help="short-key kernel settings (bench/short_attention_kernel.py configure)")
     parser.add_argument("--kinds", nargs="+", choices=["self", "cross"], default=["self", "cross"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
