@@ -112,3 +112,47 @@ def test_compile_compiles_each_block_in_place_and_bf16_residual_reaches_the_tran
     assert compiled.loss.compile_math and not eager.loss.compile_math
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints keep their names
     assert compiled.transformer.residual_in_autocast_dtype and not eager.transformer.residual_in_autocast_dtype
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_accumulated_batches_update_the_ema_once_per_step_and_draw_their_own_noise(accumulate):
+    """Over ``accumulate_grad_batches`` batches the step count stands still: the EMA must move once
+    per optimiser step (decay 0 at the first update, then ``ema_decay``), toward the weights that
+    step produced, and each accumulated batch must draw its own t and noise."""
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    module = DiffusionModule({"num_layers": 1, "num_heads": 2, "head_dim": 8}, dataclasses.asdict(TINY_VQVAE),
+                             {"kind": "none"}, {"preset": "mask_only", "num_timesteps": 10},
+                             ema_every=1, ema_decay=0.5, warmup_steps=0, lr=1e-2, max_steps=3)
+    grid = TINY_VQVAE.sample_size // TINY_VQVAE.downsample_factor
+    tokens = torch.randint(0, module.tokenizer.num_codes, (3 * accumulate, 2, grid, grid))
+    loader = torch.utils.data.DataLoader([{"tokens": batch} for batch in tokens], batch_size=None)
+    seeds, weights_after_step = [], {}
+    drawn = module.step_generator
+
+    def recording_generator(batch_idx: int = 0) -> torch.Generator:
+        generator = drawn(batch_idx)
+        seeds.append(generator.initial_seed())
+        return generator
+
+    module.step_generator = recording_generator
+
+    class WeightsAfterEachStep(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            weights_after_step[trainer.global_step] = [p.detach().clone() for p in pl_module.transformer.parameters()]
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=accumulate, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[WeightsAfterEachStep()])
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 3
+    assert len(seeds) == 3 * accumulate == len(set(seeds))
+    assert seeds[::accumulate] == [i * accumulate for i in range(3)]  # seed 0: 1000003 x 0 + step x accumulate
+    # steps 1, 2, 3 with ema_every=1: a copy at the first, then halfway toward each step's weights
+    expected = weights_after_step[1]
+    for step in (2, 3):
+        expected = [0.5 * e + 0.5 * w for e, w in zip(expected, weights_after_step[step])]
+    for ema, want in zip(module.ema_transformer.parameters(), expected):
+        torch.testing.assert_close(ema, want, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected[0], weights_after_step[3][0])  # the test can tell the steps apart

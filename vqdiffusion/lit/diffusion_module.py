@@ -104,6 +104,7 @@ class DiffusionModule(pl.LightningModule):
         self.schedule = NoiseSchedule(self.tokenizer.num_codes, schedule_config)
         self.loss = DiffusionLoss(self.schedule, LossConfig(**(loss or {})))
         self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
+        self._ema_seen_step: int | None = None  # the optimiser step the EMA last saw (on_train_batch_end)
         if compile:
             # Each block in place (nn.Module.compile): parameter names and checkpoints stay as they
             # are, and the blocks share one compiled graph, so the compile costs one block's time
@@ -149,15 +150,18 @@ class DiffusionModule(pl.LightningModule):
         return codes.reshape(codes.shape[0], -1)
 
     # ------------------------------------------------------------------ training
-    def step_generator(self) -> torch.Generator:
-        """Randomness of this optimiser step as a function of (seed, step): a resumed run draws
-        exactly what the interrupted one would have, with no RNG state to checkpoint."""
-        seed = self.hparams.seed * 1_000_003 + self.global_step
+    def step_generator(self, batch_idx: int = 0) -> torch.Generator:
+        """Randomness of this batch as a function of (seed, optimiser step, the batch's place
+        among the step's ``accumulate_grad_batches``): a resumed run draws exactly what the
+        interrupted one would have, with no RNG state to checkpoint, and the batches accumulated
+        into one step draw different t and noise (one batch per step: seed x 1000003 + step)."""
+        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        seed = self.hparams.seed * 1_000_003 + self.global_step * accumulate + batch_idx % accumulate
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = self.codes(batch)
-        generator = self.step_generator()
+        generator = self.step_generator(batch_idx)
         conditions = self.conditions(batch, self.hparams.caption_dropout, generator)
 
         def log_p_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -174,8 +178,17 @@ class DiffusionModule(pl.LightningModule):
         self.log("loss", terms["loss"], prog_bar=True, logger=False, batch_size=len(x0))
         return terms["loss"]
 
+    def on_train_start(self) -> None:
+        self._ema_seen_step = self.global_step  # a resumed run's last step already updated the EMA
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # Once per optimiser step: with accumulate_grad_batches > 1 the step count stays put over
+        # the batches between two steps, and updating on each would apply the decay again to the
+        # same weights.
         step = self.global_step
+        if step == self._ema_seen_step:
+            return
+        self._ema_seen_step = step
         if step % self.hparams.ema_every == 0:
             decay = 0.0 if step <= self.hparams.ema_every else self.hparams.ema_decay
             pairs = [(self.ema_transformer, self.transformer)]
