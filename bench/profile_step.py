@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import re
+import statistics
 from collections import defaultdict
 
 import torch
@@ -85,6 +86,70 @@ def idle_gaps(prof, steps: int) -> dict:
     top = sorted(pairs.items(), key=lambda kv: -kv[1][0])[:15]
     return {"idle_ms": sum(ms for ms, _ in pairs.values()),
             "idle_top": [{"before": b, "after": a, "ms": ms, "gaps": n} for (b, a), (ms, n) in top]}
+
+
+def merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of time intervals, as sorted disjoint intervals."""
+    union: list[list[float]] = []
+    for start, end in sorted(spans):
+        if union and start <= union[-1][1]:
+            union[-1][1] = max(union[-1][1], end)
+        else:
+            union.append([start, end])
+    return [(a, b) for a, b in union]
+
+
+def covered(start: float, end: float, union: list[tuple[float, float]]) -> float:
+    """How much of [start, end] the sorted disjoint intervals ``union`` cover."""
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in union if a < end and b > start)
+
+
+def communication_overlap(prof, steps: int) -> dict:
+    """How DDP's NCCL kernels sit against the compute kernels of the same GPU, per step (ms):
+    ``nccl_ms`` the time some NCCL kernel runs; ``nccl_exposed_ms`` the part of it no compute
+    kernel runs beside (communication the step waits for); ``compute_ms`` the time some compute
+    kernel runs; ``contention_ms`` what the compute kernels that ran beside an NCCL kernel took
+    beyond the median of the same kernel's runs that did not (the SMs and memory bandwidth
+    NCCL's kernels took from them), with the matmuls' share in ``contention_matmul_ms``."""
+    comm, compute = [], []
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            (comm if "nccl" in e.name.lower() else compute).append((e.time_range.start, e.time_range.end, e.name))
+    comm_union = merged([(a, b) for a, b, _ in comm])
+    compute_union = merged([(a, b) for a, b, _ in compute])
+    alone: dict[str, list[float]] = defaultdict(list)
+    beside: list[tuple[str, float]] = []
+    for start, end, name in compute:
+        if covered(start, end, comm_union) > 0:
+            beside.append((name, end - start))
+        else:
+            alone[name].append(end - start)
+    contention = {"all": 0.0, "matmul": 0.0}
+    for name, duration in beside:
+        if alone[name]:
+            extra = duration - statistics.median(alone[name])
+            contention["all"] += extra
+            if family(name) == "matmul":
+                contention["matmul"] += extra
+    per_step = 1e3 * steps  # microseconds over all steps -> ms per step
+    return {"nccl_ms": sum(b - a for a, b in comm_union) / per_step,
+            "nccl_exposed_ms": sum(b - a - covered(a, b, compute_union) for a, b in comm_union) / per_step,
+            "compute_ms": sum(b - a for a, b in compute_union) / per_step,
+            "compute_kernels_beside_nccl": len(beside) / steps,
+            "contention_ms": contention["all"] / per_step, "contention_matmul_ms": contention["matmul"] / per_step}
+
+
+def profile_overlap(step, steps: int) -> dict:
+    """``communication_overlap`` of ``steps`` calls of ``step`` (warm), with the wall time per step."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+    return {"wall_ms": start.elapsed_time(end) / steps, **communication_overlap(prof, steps)}
 
 
 def sampling_run(args):

@@ -65,6 +65,9 @@ class StepOptions:
     ddp_static_graph: bool = False  # DDP's static_graph
     ddp_bucket_mb: int = 25  # DDP's bucket_cap_mb
     ddp_bf16_grads: bool = False  # DDP's bf16_compress_hook: gradients all-reduced in bf16
+    # Dynamo's DDPOptimizer (torch._dynamo.config.optimize_ddp): a graph compiled inside DDP's
+    # forward is split at DDP's bucket boundaries, so each compiled block becomes several graphs
+    ddp_graph_split: bool = True
     sm_carveout: int | None = None  # SMs the backward's cuBLASLt matmuls leave free (for NCCL's kernels)
     blas: str = "default"  # torch.backends.cuda.preferred_blas_library for the step ("cublaslt", "cublas")
 
@@ -129,6 +132,7 @@ def build_step(options: StepOptions):
                                head_dim=head_dim, context_dim=ctx_dim, gradient_checkpointing=options.checkpointing)
     if options.blas != "default":
         torch.backends.cuda.preferred_blas_library(options.blas)
+    torch._dynamo.config.optimize_ddp = options.ddp_graph_split  # read when a block first compiles
     torch.manual_seed(0)
     model = VQDiffusionTransformer(config).cuda()
     Attention.stack_qkv_in_training = options.stacked_qkv
@@ -164,12 +168,15 @@ def build_step(options: StepOptions):
 
     def step() -> None:
         with attention_backend(options.attention):  # a fresh context each step: one is single-use
-            for _ in range(options.accumulate):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context,
-                                                           return_logits=options.closed_form), x0)
-                with sm_carveout(options.sm_carveout):
-                    (terms["loss"] / options.accumulate).backward()
+            for micro in range(options.accumulate):
+                # under DDP only the last pass all-reduces, as Lightning's accumulate_grad_batches does
+                last = micro == options.accumulate - 1
+                with network.no_sync() if options.ddp and not last else contextlib.nullcontext():
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        terms = loss_fn(lambda x_t, t: network(x_t, model_timestep(t), context=context,
+                                                               return_logits=options.closed_form), x0)
+                    with sm_carveout(options.sm_carveout):
+                        (terms["loss"] / options.accumulate).backward()
         if options.fold_clip:
             clip_grad_norm_in_step(optimizer, 1.0)
         else:
@@ -224,7 +231,9 @@ def graph_replayer(step, warmup: int = 3):
     return replay
 
 
-def measure(options: StepOptions, steps: int, warmup: int) -> dict:
+def measure(options: StepOptions, steps: int, warmup: int, after=None) -> dict:
+    """Time ``steps`` steps after the compiling one and ``warmup`` more; ``after(step)``, if given,
+    runs once the timing is done and its dict joins the result (a profile of the warm step)."""
     begin = time.perf_counter()
     step = build_step(options)
     step()  # the first step compiles
@@ -235,6 +244,7 @@ def measure(options: StepOptions, steps: int, warmup: int) -> dict:
     for _ in range(max(warmup, 1)):  # at least one step inside the memory reading
         step()
     peak_memory = torch.cuda.max_memory_allocated() / 2**30  # before the probe's operands exist
+    retries_before = torch.cuda.memory_stats().get("num_alloc_retries", 0)
     # a reading of the matmul peak after every timed step: the denominator measured under the
     # same clocks and temperature as the steps it divides (readings minutes apart differ by 10%)
     probe = MatmulProbe()
@@ -243,11 +253,14 @@ def measure(options: StepOptions, steps: int, warmup: int) -> dict:
         step_seconds.append(event_seconds(step))
         peaks.append(probe.reading(products=5))
     seconds = statistics.median(step_seconds)
+    # allocations that found no cached block and freed the cache to retry (a synchronizing stall)
+    alloc_retries = torch.cuda.memory_stats().get("num_alloc_retries", 0) - retries_before
     tflops = 3 * forward_flops(options.size, options.samples) / seconds / 1e12
-    return {"ms_per_step": 1e3 * seconds, "samples_per_s": options.samples / seconds, "tflops": tflops,
+    extra = after(step) if after is not None else {}
+    return {**extra, "ms_per_step": 1e3 * seconds, "samples_per_s": options.samples / seconds, "tflops": tflops,
             "peak_memory_gib": peak_memory, "parameters_m": step.parameters_m, "first_step_s": first_step_s,
             "interleaved_peak_tflops": statistics.median(peaks), "interleaved_peaks": peaks,
-            "mfu_interleaved": tflops / statistics.median(peaks)}
+            "mfu_interleaved": tflops / statistics.median(peaks), "alloc_retries_timed": alloc_retries}
 
 
 def main() -> None:
