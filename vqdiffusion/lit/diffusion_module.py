@@ -152,12 +152,14 @@ class DiffusionModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def step_generator(self, batch_idx: int = 0) -> torch.Generator:
         """Randomness of this batch as a function of (seed, optimiser step, the batch's place
-        among the step's ``accumulate_grad_batches``): a resumed run draws exactly what the
-        interrupted one would have, with no RNG state to checkpoint, and the batches accumulated
-        into one step draw different t and noise (one batch per step: seed x 1000003 + step)."""
-        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
-        seed = self.hparams.seed * 1_000_003 + self.global_step * accumulate + batch_idx % accumulate
-        return torch.Generator(device=self.device).manual_seed(seed)
+        among the step's ``accumulate_grad_batches``, the DDP rank): a resumed run draws exactly
+        what the interrupted one would have, with no RNG state to checkpoint, and neither the
+        batches accumulated into one step nor the ranks share their t and noise (one batch per
+        step on one process: seed x 1000003 + step)."""
+        trainer = self._trainer
+        accumulate, world = (trainer.accumulate_grad_batches, trainer.world_size) if trainer is not None else (1, 1)
+        batch = (self.global_step * accumulate + batch_idx % accumulate) * world + self.global_rank
+        return torch.Generator(device=self.device).manual_seed(self.hparams.seed * 1_000_003 + batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = self.codes(batch)
