@@ -226,3 +226,22 @@ def test_tokenizer_stage_on_token_only_batches_says_what_is_wrong():
     module = TokenizerModule(TINY_VQ)
     with pytest.raises(ValueError, match="needs images, but these batches hold only tokens"):
         module.training_step({"tokens": torch.zeros(2, 8, 8, dtype=torch.long)}, 0)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_dead_codes_restart_once_per_optimizer_step_under_accumulation(accumulate, monkeypatch):
+    """Every step restarts here (every=1, every code below the threshold); over the batches
+    accumulated into one step the step count stands still, and a restart on each of them would
+    replace the codes again before the step that uses them."""
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    module = TokenizerModule(TINY_VQ, restart_dead_codes_every=1, dead_code_threshold=1e9)
+    restarts = []
+    restart = module._restart_dead_codes
+    monkeypatch.setattr(module, "_restart_dead_codes", lambda images: (restarts.append(1), restart(images)))
+    images = [{"image": torch.rand(2, 3, 32, 32) * 2 - 1} for _ in range(3 * accumulate)]
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=accumulate, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(images, batch_size=None))
+    assert trainer.global_step == 3 and len(restarts) == 3

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from ..models.lpips import LPIPS
 from ..models.vqvae import VQVAE, VQVAEConfig
+from ..utils.distributed import sum_over_ranks_, take_rank_zeros_
 
 __all__ = ["TokenizerModule"]
 
@@ -75,7 +76,8 @@ class TokenizerModule(pl.LightningModule):
         loss = rec_loss + quant_loss
         if self.discriminator is not None:
             loss = loss + self._adversarial_terms(images, recon, rec_loss)
-        usage = torch.bincount(codes.flatten(), minlength=self.vqvae.num_codes).float()
+        # over every DDP rank's batch: the ranks must agree on which codes are dead
+        usage = sum_over_ranks_(torch.bincount(codes.flatten(), minlength=self.vqvae.num_codes).float())
         self.code_usage.mul_(0.99).add_(usage)
         probs = usage / usage.sum()
         perplexity = torch.exp(-(probs * probs.clamp_min(1e-10).log()).sum())
@@ -85,7 +87,9 @@ class TokenizerModule(pl.LightningModule):
             "tokenizer/codes_used": (usage > 0).float().mean(),
         }, prog_bar=True)
         every = self.hparams.restart_dead_codes_every
-        if every and (self.global_step + 1) % every == 0:
+        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        # once per optimiser step (the step count stays put over the batches accumulated into one)
+        if every and (self.global_step + 1) % every == 0 and batch_idx % accumulate == 0:
             self._restart_dead_codes(images)
         return loss
 
@@ -116,7 +120,9 @@ class TokenizerModule(pl.LightningModule):
         latents = self.vqvae.encode_latents(images)  # (B, C, h, w)
         pool = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
         choice = torch.randint(len(pool), (count,), device=pool.device)
-        fresh = pool[choice].to(self.vqvae.quantize.embedding.weight.dtype)
+        # rank 0's picks on every rank (each rank draws from its own batch; the dead set, from
+        # usage summed over the ranks, is the same everywhere, so the shapes agree)
+        fresh = take_rank_zeros_(pool[choice].to(self.vqvae.quantize.embedding.weight.dtype))
         self.vqvae.quantize.embedding.weight[dead] = fresh
         if self.vqvae.quantize.ema_decay is not None:
             self.vqvae.quantize.ema_sum[dead] = fresh

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.distributed import sum_over_ranks_
+
 __all__ = ["VQVAEConfig", "VQVAE", "VectorQuantizer"]
 
 DOWN_BLOCKS = ("DownEncoderBlock2D", "AttnDownEncoderBlock2D")
@@ -272,9 +274,13 @@ class VectorQuantizer(nn.Module):
     def _ema_update(self, z: torch.Tensor, indices: torch.Tensor) -> None:
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.dim).float()
         onehot = F.one_hot(indices.reshape(-1), self.num_codes).type_as(flat)  # (M, K)
+        # (K, 1 + C): each code's count and sum of assigned vectors, over every DDP rank's batch in
+        # one all-reduce, so that all ranks move the codebook alike (as one process with the
+        # global batch would)
+        statistics = sum_over_ranks_(torch.cat([onehot.sum(0)[:, None], onehot.t() @ flat], dim=1))
         decay = self.ema_decay
-        self.ema_count.mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
-        self.ema_sum.mul_(decay).add_(onehot.t() @ flat, alpha=1 - decay)
+        self.ema_count.mul_(decay).add_(statistics[:, 0], alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(statistics[:, 1:], alpha=1 - decay)
         total = self.ema_count.sum()
         count = (self.ema_count + 1e-5) / (total + self.num_codes * 1e-5) * total  # Laplace smoothing
         self.embedding.weight.copy_(self.ema_sum / count[:, None])
