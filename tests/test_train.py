@@ -112,8 +112,9 @@ def test_coco_without_data_stops_with_the_layout_and_the_fix(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_trains_both_stages(tmp_path):
-    """trainer=ddp on 2 gloo processes: rank 1 waits for rank 0's tokenizer export (it used to
-    read the folder before it existed), and rank 0 writes the run's files."""
+    """trainer=ddp on 2 gloo processes with 2 batches per optimizer step: rank 1 waits for rank
+    0's tokenizer export (it used to read the folder before it existed), rank 0 writes the run's
+    files, and the step count is in optimizer steps."""
     import json
     import subprocess
     import sys
@@ -122,7 +123,8 @@ def test_ddp_on_two_cpu_processes_trains_both_stages(tmp_path):
     overrides = [o for o in TINY if not o.startswith("trainer=")]
     result = subprocess.run(
         [sys.executable, "train.py", "experiment=quickstart", *overrides, "trainer=ddp", "trainer.accelerator=cpu",
-         "trainer.devices=2", "trainer.precision=32-true", "diffusion_training.max_steps=8",
+         "trainer.devices=2", "trainer.precision=32-true", "trainer.accumulate_grad_batches=2",
+         "diffusion_training.max_steps=8",
          "diffusion_training.val_every_n_steps=8", f"hydra.run.dir={run}"],
         cwd=CONFIGS.parent, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
