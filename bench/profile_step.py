@@ -10,6 +10,8 @@ of one step (where the fixed cost per call goes: prompt encoding, decoding). Bot
 first. Prints the wall time per step (CUDA events), the GPU-busy time per step (the sum of kernel
 times: a gap between the two is host overhead), the time per kernel family (matmuls, attention,
 fused Triton kernels, PyTorch's own elementwise/reduction kernels, copies) and the top kernels.
+``profile_overlap`` (``bench/ddp_mfu.py --profile``) profiles a DDP rank's steps instead: how its
+NCCL kernels sit against its compute kernels.
 """
 
 from __future__ import annotations
