@@ -1,5 +1,6 @@
 """State that DDP does not synchronise (it averages gradients only) stays identical on every rank:
-the EMA codebook, the code-usage counts and the dead-code restarts, on 2 gloo CPU processes."""
+the EMA codebook, the code-usage counts, the dead-code restarts and the diffusion loss's
+importance-sampling history, on 2 gloo CPU processes."""
 
 import dataclasses
 import socket
@@ -9,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from vqdiffusion.diffusion.loss import DiffusionLoss
+from vqdiffusion.diffusion.schedule import NoiseSchedule
 from vqdiffusion.lit.tokenizer_module import TokenizerModule
 from vqdiffusion.models.vqvae import VectorQuantizer
 from vqdiffusion.tiny import TINY_VQVAE
@@ -21,6 +24,18 @@ def rank_inputs(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(10 + rank)
     size = TINY_VQVAE.sample_size
     return torch.randn(2, 4, 3, 3, generator=generator), torch.rand(2, 3, size, size, generator=generator) * 2 - 1
+
+
+def rank_bounds(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``rank``'s training batch as the history sees it: t (3,), distinct across ranks (one
+    value per t), and the bounds (3,)."""
+    return torch.arange(3) + 1 + 3 * rank, torch.rand(3, generator=torch.Generator().manual_seed(rank)) + 1
+
+
+def history_after(t: torch.Tensor, bound: torch.Tensor) -> DiffusionLoss:
+    loss = DiffusionLoss(NoiseSchedule(6))
+    loss._update_history(t, bound)
+    return loss
 
 
 def build() -> tuple[VectorQuantizer, TokenizerModule]:
@@ -41,7 +56,9 @@ def one_rank(rank: int, port: int, results) -> None:
         module.code_usage.zero_()  # every code dead
         torch.manual_seed(100 + rank)  # different picks on each rank, as their batches differ anyway
         module._restart_dead_codes(images)
-        results[rank] = {"ema_weight": quantizer.embedding.weight.clone(), "ema_count": quantizer.ema_count.clone(),
+        history = history_after(*rank_bounds(rank))
+        results[rank] = {"loss_sq_history": history.loss_sq_history.clone(), "loss_count": history.loss_count.clone(),
+                         "ema_weight": quantizer.embedding.weight.clone(), "ema_count": quantizer.ema_count.clone(),
                          "usage": usage, "restarted": module.vqvae.quantize.embedding.weight.detach().clone()}
     finally:
         dist.destroy_process_group()
@@ -79,3 +96,11 @@ def test_dead_code_restarts_write_the_same_vectors_on_every_rank(ranks):
     torch.testing.assert_close(ranks[0]["restarted"], ranks[1]["restarted"], rtol=0, atol=0)
     initial = build()[1].vqvae.quantize.embedding.weight
     assert not torch.allclose(ranks[0]["restarted"], initial)  # the restart did replace the codes
+
+
+def test_the_importance_history_holds_every_ranks_samples(ranks):
+    single = history_after(*(torch.cat(parts) for parts in zip(*(rank_bounds(r) for r in range(WORLD)))))
+    assert single.loss_count.sum() == 3 * WORLD and single.loss_sq_history[:6].gt(0).all()
+    for result in ranks:
+        torch.testing.assert_close(result["loss_count"], single.loss_count)
+        torch.testing.assert_close(result["loss_sq_history"], single.loss_sq_history)

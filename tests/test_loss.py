@@ -154,3 +154,16 @@ def test_compiled_loss_math_runs_eager_without_gradients(monkeypatch):
     assert torch.isfinite(terms["loss"])
     with pytest.raises(AssertionError, match="asked for the compiled math"):
         loss(lambda x_t, t: torch.zeros(B, K, N, requires_grad=True), x0, t=torch.full((B,), 30))
+
+
+def test_validation_leaves_the_importance_history_alone():
+    """Validation (eval mode, no gradients) evaluates other weights at fixed t: its losses must
+    not steer which t training samples next."""
+    loss = DiffusionLoss(NoiseSchedule(K), LossConfig(importance_min_count=2))
+    x0 = torch.randint(0, K, (B, N))
+    model = lambda x_t, t: torch.randn(B, K, N).log_softmax(1)  # noqa: E731
+    with torch.no_grad():
+        loss.eval()(model, x0, t=torch.full((B,), 5))
+    assert not loss.loss_count.any() and not loss.loss_sq_history.any()
+    loss.train()(model, x0, t=torch.full((B,), 5))
+    assert loss.loss_count[4] == B and loss.loss_sq_history[4] > 0

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..utils.compiled import compiled
+from ..utils.distributed import gather_over_ranks
 from .closed_form import token_terms
 from .process import q_sample
 from .schedule import NoiseSchedule
@@ -150,7 +151,8 @@ class DiffusionLoss(nn.Module):
         terms = compiled(per_sample_terms) if compile_now else per_sample_terms
         bound, kl, decoder_nll, aux = terms(logits, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
                                             cfg.auxiliary_weight, cfg.adaptive_auxiliary, self.terms_of_tokens)
-        self._update_history(t, bound.detach())
+        if self.training and torch.is_grad_enabled():  # not validation's (other weights, fixed t)
+            self._update_history(t, bound.detach())
         is_first = t == 1
 
         norm = batch * tokens
@@ -169,6 +171,10 @@ class DiffusionLoss(nn.Module):
 
     @torch.no_grad()
     def _update_history(self, t: torch.Tensor, bound: torch.Tensor) -> None:
+        """Fold a training batch's bounds into the importance-sampling history; under DDP every
+        rank's samples, on every rank (DDP keeps rank 0's buffers only, so the other ranks'
+        updates were lost)."""
+        t, bound = gather_over_ranks(t), gather_over_ranks(bound)
         index = t - 1
         decay = self.config.history_decay
         previous = self.loss_sq_history.gather(0, index)

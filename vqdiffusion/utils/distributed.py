@@ -2,7 +2,7 @@
 
 DDP averages gradients and nothing else: a codebook moved by EMA statistics of each rank's own
 batch, or overwritten with encoder outputs of it, drifts apart across ranks and never comes back.
-Both helpers do nothing outside a multi-process group, so single-process code calls them freely.
+The helpers do nothing outside a multi-process group, so single-process code calls them freely.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["in_process_group", "sum_over_ranks_", "take_rank_zeros_"]
+__all__ = ["gather_over_ranks", "in_process_group", "sum_over_ranks_", "take_rank_zeros_"]
 
 
 def in_process_group() -> bool:
@@ -30,3 +30,14 @@ def take_rank_zeros_(tensor: torch.Tensor) -> torch.Tensor:
     if in_process_group():
         dist.broadcast(tensor, src=0)
     return tensor
+
+
+def gather_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order, (world x n, ...), on every
+    rank. The shapes must agree across ranks (training batches do: their loaders drop the last
+    partial batch); outside a process group, ``tensor`` itself."""
+    if not in_process_group():
+        return tensor
+    gathered = tensor.new_empty((dist.get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_into_tensor(gathered, tensor.contiguous())
+    return gathered
