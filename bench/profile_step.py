@@ -70,12 +70,17 @@ def kernel_table(run, steps: int) -> dict:
                     for name, (ms, calls) in top], **idle_gaps(prof, steps)}
 
 
+def kernel_spans(prof) -> list[tuple[float, float, str]]:
+    """(start, end, name) of every GPU kernel the profile holds, in microseconds, by start time."""
+    return sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                  if e.device_type == DeviceType.CUDA)
+
+
 def idle_gaps(prof, steps: int) -> dict:
     """Where the GPU sat idle: the gaps between one kernel's end and the next kernel's start (over
     all streams), summed per (kernel before, kernel after) pair. A pair that repeats once per block
     points at the host work between those two launches."""
-    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                   if e.device_type == DeviceType.CUDA)
+    spans = kernel_spans(prof)
     pairs: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     reach, before = spans[0][1], spans[0][2]
     for start, end, name in spans[1:]:
@@ -114,9 +119,8 @@ def communication_overlap(prof, steps: int) -> dict:
     beyond the median of the same kernel's runs that did not (the SMs and memory bandwidth
     NCCL's kernels took from them), with the matmuls' share in ``contention_matmul_ms``."""
     comm, compute = [], []
-    for e in prof.events():
-        if e.device_type == DeviceType.CUDA:
-            (comm if "nccl" in e.name.lower() else compute).append((e.time_range.start, e.time_range.end, e.name))
+    for span in kernel_spans(prof):
+        (comm if "nccl" in span[2].lower() else compute).append(span)
     comm_union = merged([(a, b) for a, b, _ in comm])
     compute_union = merged([(a, b) for a, b, _ in compute])
     alone: dict[str, list[float]] = defaultdict(list)
