@@ -13,7 +13,7 @@ counts=${3:-2 4}
 export PYTHONPATH=$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 case $size in  # each size at the batch and residual stream of bench/ddp_mfu.sh
   coco) step=(--size coco --batch 64) ;;
-  ithq) step=(--size ithq --batch 24 --bf16-residual) ;;
+  ithq) step=(--size ithq --batch 24) ;;
   *) echo "size must be coco or ithq, got '$size'" >&2; exit 2 ;;
 esac
 last=${counts##* }

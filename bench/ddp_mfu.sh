@@ -14,7 +14,7 @@ carveouts=${3:-}
 export PYTHONPATH=$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 compiled="--compile blocks --compile-loss --steps 10 --warmup 3"
 last=${counts##* }
-ithq=(--size ithq --batch "${ITHQ_BATCH:-24}" --accumulate "${ITHQ_ACCUMULATE:-1}" --bf16-residual)
+ithq=(--size ithq --batch "${ITHQ_BATCH:-24}" --accumulate "${ITHQ_ACCUMULATE:-1}")
 ithq_label=ithq_b${ITHQ_BATCH:-24}x${ITHQ_ACCUMULATE:-1}
 run() {  # run N SIZE-LABEL ARGS...
   local n=$1 label=$2; shift 2

@@ -17,6 +17,7 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 out=${OUT:-bench/out}; mkdir -p "$out" outputs/residual_ab
 gpu=0
+start=$(date +%s)
 for seed in $seeds; do
   for residual in false true; do
     run=outputs/residual_ab/bf16_${residual}_seed${seed}
@@ -36,6 +37,7 @@ for seed in $seeds; do
     run=outputs/residual_ab/bf16_${residual}_seed${seed}
     python3 bench/run_summary.py "$run" "$out/residual_ab.json" bf16_residual=$residual seed=$seed
     grep -E "Error|Traceback" "$run.log" | head -3
+    [ -f "$run/metrics.json" ] && echo "  wall $(( $(stat -c %Y "$run/metrics.json") - start )) s"
     cp "$run/final_grid.png" "$out/bf16_${residual}_seed${seed}_grid.png" 2>/dev/null
   done
 done

@@ -22,6 +22,7 @@ def summarise(run: Path) -> dict:
         final = json.loads((run / "metrics.json").read_text())
     except (OSError, ValueError):
         final = {}  # the run did not finish: its series still say how far it got
+    final = final.get("diffusion", final)  # train.py nests each stage's scores under its name
     rows = [row for path in sorted(run.glob("logs/*/metrics.csv")) for row in csv.DictReader(path.open())]
     series = {key: [(int(row["step"]), float(row[key])) for row in rows if row.get(key)] for key in SERIES}
     return {"final": final, **series}

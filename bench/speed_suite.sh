@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 quiet() { grep -v -i "warn\|float32\|mask_class\|deprecat"; }
 if [ "$what" = profile ]; then  # where the time goes (bench/profile_step.py), not part of "all"
   timeout 230 python3 bench/profile_step.py --out "$out/profile_train_ithq_b16.json" \
-      train --size ithq --batch 16 --compile blocks --compile-loss --bf16-residual 2>&1 | quiet | tail -25
+      train --size ithq --batch 16 --compile blocks --compile-loss 2>&1 | quiet | tail -25
   for spec in "bf16-compiled 32" "fp8-compiled 32" "bf16-graphs 1"; do
     set -- $spec
     timeout 112 python3 bench/profile_step.py --out "$out/profile_sample_$1_b$2.json" \
@@ -32,17 +32,18 @@ if [ "$what" != training ]; then
 fi
 if [ "$what" != sampling ]; then
   # transformer blocks compiled one by one (one graph for all; the whole-model compile of the ITHQ
-  # size outlasted 150 s) and the loss math; float32 then bf16 residual stream; the largest batches
+  # size outlasted 150 s) and the loss math; the bf16 residual stream (the default) then float32;
+  # the largest batches
   t="--compile blocks --compile-loss"
   timeout 150 python3 bench/train_mfu.py --size ithq --batch 16 24 --checkpointing off $t \
       --out "$out/train_ithq.json" 2>&1 | quiet | tail -4
-  timeout 150 python3 bench/train_mfu.py --size ithq --batch 16 24 --checkpointing off $t --bf16-residual \
-      --out "$out/train_ithq_bf16_residual.json" 2>&1 | quiet | tail -4
-  timeout 100 python3 bench/train_mfu.py --size ithq --batch 24 --accumulate 2 $t --bf16-residual \
+  timeout 150 python3 bench/train_mfu.py --size ithq --batch 16 24 --checkpointing off $t --residual float32 \
+      --out "$out/train_ithq_float32_residual.json" 2>&1 | quiet | tail -4
+  timeout 100 python3 bench/train_mfu.py --size ithq --batch 24 --accumulate 2 $t \
       --out "$out/train_ithq_accumulate.json" 2>&1 | quiet | tail -3
   # what gradient checkpointing costs at the same batch, and the batch it makes fit
-  timeout 150 python3 bench/train_mfu.py --size ithq --batch 24 64 --checkpointing on $t --bf16-residual \
+  timeout 150 python3 bench/train_mfu.py --size ithq --batch 24 64 --checkpointing on $t \
       --out "$out/train_ithq_ckpt.json" 2>&1 | quiet | tail -4
-  timeout 150 python3 bench/train_mfu.py --size coco --batch 48 64 --checkpointing off $t --bf16-residual \
+  timeout 150 python3 bench/train_mfu.py --size coco --batch 48 64 --checkpointing off $t \
       --out "$out/train_coco.json" 2>&1 | quiet | tail -4
 fi

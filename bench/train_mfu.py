@@ -55,7 +55,7 @@ class StepOptions:
     memory_budget: float | None = None  # compile's activation memory budget in (0, 1]
     multi_kernel: bool = False  # inductor's multi-kernel reductions, as sampling's fast path uses
     stacked_qkv: bool = True  # self-attention q/k/v as one matmul in training (the model's default)
-    bf16_residual: bool = False  # the residual stream in bf16 under autocast, not float32
+    bf16_residual: bool = True  # the residual stream in bf16 under autocast (the training default)
     attention: str = "auto"  # SDPA kernel tried first
     fold_clip: bool = True  # gradient clipping inside the fused AdamW step (DiffusionModule's default)
     closed_form: bool = True  # the loss's closed form on bf16 logits, not the general posterior on log-probs
@@ -93,8 +93,11 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
                         help="with --compile: activation memory budget in (0, 1] (1 = save everything)")
     parser.add_argument("--no-stacked-qkv", action="store_true",
                         help="three q/k/v matmuls in training instead of one over the stacked weights")
-    parser.add_argument("--bf16-residual", action="store_true",
-                        help="carry the residual stream in bf16 under autocast (residual_in_autocast_dtype)")
+    parser.add_argument("--residual", choices=("bf16", "float32"), default="bf16",
+                        help="the residual stream's dtype under autocast (residual_in_autocast_dtype; "
+                             "bf16 is diffusion_training.bf16_residual's default)")
+    parser.add_argument("--bf16-residual", action="store_const", dest="residual", const="bf16",
+                        help=argparse.SUPPRESS)  # the flag of stops 11-15's commands (then opt-in)
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="SDPA kernel tried first")
     parser.add_argument("--no-fold-clip", action="store_true",
                         help="clip_grad_norm_ before the step instead of folding the clip into fused AdamW")
@@ -116,7 +119,7 @@ def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
     """StepOptions from parsed flags; ``sweep`` gives this row's size/batch/checkpointing."""
     values = {"size": args.size, "batch": args.batch, "checkpointing": args.checkpointing == "on", **sweep}
     return StepOptions(accumulate=args.accumulate, compile=args.compile, compile_mode=args.compile_mode,
-                       compile_loss=args.compile_loss, bf16_residual=args.bf16_residual,
+                       compile_loss=args.compile_loss, bf16_residual=args.residual == "bf16",
                        memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
                        stacked_qkv=not args.no_stacked_qkv, attention=args.attention,
                        fold_clip=not args.no_fold_clip, closed_form=not args.general_posterior,

@@ -127,6 +127,11 @@ def test_residual_in_autocast_dtype_carries_the_stream_in_bf16_only_under_autoca
     # both near float32 (bf16 rounding of a 2-layer net), the bf16 stream a little further
     assert (mixed - plain).abs().max() < 0.05 and (low - plain).abs().max() < 0.1
     assert not torch.equal(low, mixed)
+    # fp16 autocast keeps the float32 stream: a sum over many blocks can pass fp16's 65504
+    model.residual_in_autocast_dtype = True
+    with torch.autocast("cpu", dtype=torch.float16):
+        model(x_t, t, context=ctx)
+    assert seen[-1] == torch.float32
 
 
 def test_class_conditional_and_unconditional_variants():

@@ -199,7 +199,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         betas=tuple(hp.betas), weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
         lr_schedule=hp.lr_schedule, plateau_patience=hp.get("plateau_patience", 5000),
         max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
-        seed=cfg.seed, compile=hp.get("compile", False), bf16_residual=hp.get("bf16_residual", False),
+        seed=cfg.seed, compile=hp.get("compile", False), bf16_residual=hp.get("bf16_residual", True),
     )
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
     sampler = cfg.sampler

@@ -267,10 +267,16 @@ class VQDiffusionTransformer(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, config.num_embeds)
         # Under autocast the residual stream stays float32 by default: each block's bf16 output is
-        # added to it in float32. True carries it in the autocast dtype instead, which halves the
-        # bytes every LayerNorm, residual add and their gradients move (Megatron-LM's default,
-        # fp32_residual_connection=False); LayerNorm still computes in float32. Not saved.
+        # added to it in float32. True carries it in bf16 instead under bf16 autocast, which halves
+        # the bytes every LayerNorm, residual add and their gradients move (Megatron-LM's default,
+        # fp32_residual_connection=False); LayerNorm still computes in float32. fp16 autocast keeps
+        # the float32 stream: a residual sum over many blocks can pass fp16's 65504. Not saved.
         self.residual_in_autocast_dtype = False
+
+    def carries_bf16_stream(self, device_type: str) -> bool:
+        """Whether this forward carries the residual stream in bf16 (asked for, under bf16 autocast)."""
+        return (self.residual_in_autocast_dtype and torch.is_autocast_enabled(device_type)
+                and torch.get_autocast_dtype(device_type) == torch.bfloat16)
 
     @property
     def null_class(self) -> int | None:
@@ -328,8 +334,8 @@ class VQDiffusionTransformer(nn.Module):
             raise ValueError("this transformer cross-attends to text: pass context (B, L, C)")
 
         h = self.latent_image_embedding(x_t)  # (B, N, D)
-        if self.residual_in_autocast_dtype and torch.is_autocast_enabled(h.device.type):
-            h = h.to(torch.get_autocast_dtype(h.device.type))
+        if self.carries_bf16_stream(h.device.type):
+            h = h.to(torch.bfloat16)
         for index, block in enumerate(self.transformer_blocks):
             keys_values = None if context_kv is None else context_kv[index]
             if self.config.gradient_checkpointing and torch.is_grad_enabled():
