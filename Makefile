@@ -1,19 +1,48 @@
-# The two set-up commands of the README. Each one installs what it needs first.
+# The README's commands. Each one installs what it needs first, at the versions in constraints.txt.
 PYTHON ?= python3
 # The CPU wheel; on a CUDA machine install your torch first and this step is skipped.
 TORCH_SPEC ?= torch==2.13.0
+CONSTRAINTS ?= constraints.txt
+# Where test-latest builds its throw-away environment of the newest releases.
+LATEST_VENV ?= $(or $(TMPDIR),/tmp)/vqdiffusion-latest-venv
+TEST_ARGS ?= -q -m "not slow and not gpu"
 
-.PHONY: install quickstart test lint
+.PHONY: install install-bench quickstart test test-latest lock lint check-words
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+
+install-bench:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[bench]"
 
 quickstart: install
 	$(PYTHON) train.py experiment=quickstart
 
 test: install
-	$(PYTHON) -m pytest -q -m "not slow and not gpu"
+	@$(PYTHON) -m pytest --version
+	$(PYTHON) -m pytest $(TEST_ARGS)
+
+# The suite against the newest release of every dependency (torch stays at TORCH_SPEC), in a new
+# environment: run it before 'make lock' so that the lock only ever moves to versions that pass.
+test-latest:
+	rm -rf "$(LATEST_VENV)"
+	$(PYTHON) -m venv "$(LATEST_VENV)"
+	"$(LATEST_VENV)/bin/python" -m pip install -q "$(TORCH_SPEC)"
+	"$(LATEST_VENV)/bin/python" -m pip install -q --upgrade -e ".[dev]"
+	@"$(LATEST_VENV)/bin/python" -m pytest --version
+	"$(LATEST_VENV)/bin/python" -m pytest $(TEST_ARGS)
+
+# Rewrites constraints.txt from the environment test-latest built (torch is left to 'install').
+lock:
+	@test -x "$(LATEST_VENV)/bin/python" || { echo "run 'make test-latest' first"; exit 1; }
+	{ sed -n '/^#/p' $(CONSTRAINTS); \
+	  "$(LATEST_VENV)/bin/python" -m pip freeze --exclude-editable | grep -v -i -E '^(torch|vqdiffusion)=='; \
+	} > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 lint:
 	$(PYTHON) -m ruff check .
+
+check-words:
+	bash .ci/check-words

@@ -1,19 +1,25 @@
-"""Score a trained shapes pipeline: faithfulness of N samples (colour, shape and relation).
+"""Score trained shapes pipelines: faithfulness of N samples (colour, shape and relation), over a
+grid of sampler settings and sampling seeds.
 
-    python bench/eval_shapes.py RUN_FOLDER [--kind two_objects] [--n 256] [--steps 50] [--sampler ancestral]
+    python bench/eval_shapes.py RUN [RUN ...] [--kind single_objects] [--n 64] [--steps 50 100]
+        [--sampler ancestral purity] [--guidance 2.5 3] [--truncation 0.6 0.86] [--seeds 1234 1 2]
 
-Uses the same prompts, seed and scorer as the end-of-training evaluation; writes
-``eval_<kind>.json``, the grid and per-prompt results into the run folder.
+Uses the prompts and scorer of the end-of-training evaluation (``kind``: single_objects,
+two_objects or mixed). Each setting's mean over the seeds is printed as a table row and every
+(run, setting, seed) is appended to ``bench/results/shapes_faithfulness.csv``; ``--grid`` also
+saves the first setting's images of the first seed as ``eval_<kind>.png`` in each run folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
+import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import Results
 
 from vqdiffusion import VQDiffusionPipeline
 from vqdiffusion.data.shapes import ShapesDataset
@@ -22,35 +28,45 @@ from vqdiffusion.utils.images import make_grid, save_png
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--kind", default="two_objects")
-    parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--sampler", default="ancestral")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--truncation", type=float, default=0.86)
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders (with pipeline/) or pipeline folders")
+    parser.add_argument("--kind", default="single_objects", choices=["single_objects", "two_objects", "mixed"])
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--steps", type=int, nargs="+", default=[50])
+    parser.add_argument("--sampler", nargs="+", default=["ancestral"])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.5])
+    parser.add_argument("--truncation", type=float, nargs="+", default=[0.6])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1234])
+    parser.add_argument("--grid", action="store_true")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = VQDiffusionPipeline.from_pretrained(args.run / "pipeline").to(device)
-    pipe.progress = False
-    config = pipe.vqvae.config
-    dataset = ShapesDataset(config.sample_size, length=1)
-    prompts = dataset.validation_prompts(args.n, args.kind)
-    start = time.perf_counter()
-    images = pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                  truncation_rate=args.truncation, sampler=args.sampler,
-                  generator=torch.Generator(device).manual_seed(args.seed)).images
-    seconds = time.perf_counter() - start
-    hits = [bool(dataset.score(image, prompt)) for image, prompt in zip(images, prompts)]
-    result = {"kind": args.kind, "n": args.n, "faithfulness": sum(hits) / len(hits), "sampler": args.sampler,
-              "steps": args.steps, "guidance_scale": args.guidance, "truncation_rate": args.truncation,
-              "seconds": seconds, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
-    (args.run / f"eval_{args.kind}.json").write_text(json.dumps(result, indent=2) + "\n")
-    save_png(make_grid(images[:64], columns=8, scale=2), args.run / f"eval_{args.kind}.png")
-    with open(args.run / f"eval_{args.kind}.txt", "w") as f:
-        f.writelines(f"{p}\t{'ok' if h else 'wrong'}\n" for p, h in zip(prompts, hits))
-    print(json.dumps(result))
+    results = Results("shapes_faithfulness")
+    settings = list(itertools.product(args.sampler, args.steps, args.guidance, args.truncation))
+    print("| run | sampler | steps | guidance | truncation | faithfulness (mean over seeds) | per seed |")
+    print("|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        folder = run / "pipeline" if (run / "pipeline").is_dir() else run
+        pipe = VQDiffusionPipeline.from_pretrained(folder).to(device)
+        pipe.progress = False
+        dataset = ShapesDataset(pipe.vqvae.config.sample_size, length=1)
+        prompts = dataset.validation_prompts(args.n, args.kind)
+        for index, (sampler, steps, guidance, truncation) in enumerate(settings):
+            shares = []
+            for seed in args.seeds:
+                start = time.perf_counter()
+                images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance,
+                              truncation_rate=truncation, sampler=sampler,
+                              generator=torch.Generator(device).manual_seed(seed)).images
+                seconds = time.perf_counter() - start
+                share = sum(bool(dataset.score(i, p)) for i, p in zip(images, prompts)) / len(prompts)
+                shares.append(share)
+                results.append({"run": str(run), "kind": args.kind, "n": args.n, "sampler": sampler,
+                                "steps": steps, "guidance_scale": guidance, "truncation_rate": truncation,
+                                "seed": seed, "faithfulness": share, "seconds": seconds})
+                if args.grid and index == 0 and seed == args.seeds[0]:
+                    save_png(make_grid(images[:64], columns=8, scale=2), run / f"eval_{args.kind}.png")
+            print(f"| {run} | {sampler} | {steps} | {guidance} | {truncation} | "
+                  f"{100 * statistics.mean(shares):.1f}% | {' '.join(f'{100 * s:.1f}' for s in shares)} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,15 @@ generator per image, in float32 eager and in each fast variant, and prints the s
 (n, N) tokens equal to float32's. Identical draws give 1.0; a reduced precision moves near-tied
 draws, and every moved token changes the rest of its chain, so agreement falls below 1 while the
 distribution (FID, run separately) stays the same. The float32 run with other seeds is the floor.
+Rows go to ``bench/results/fast_agreement.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
+from common import Results
 
 from vqdiffusion.sampling import load_pipeline
 
@@ -54,13 +55,12 @@ def main() -> None:
     parser.add_argument("--truncation", type=float, default=0.86)
     parser.add_argument("--prompt", default="a red circle")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     reference_pipe = load_pipeline(args.run, "cuda", "float32")
     reference_pipe.progress = False
     reference = draw(reference_pipe, args.n, args.batch, args)
-    rows = {}
+    results = Results("fast_agreement")
     for name in args.variants:
         dtype, speed = VARIANTS[name]
         pipe = load_pipeline(args.run, "cuda", dtype)
@@ -68,13 +68,10 @@ def main() -> None:
         if speed:
             pipe.optimize(**speed)
         tokens = draw(pipe, args.n, args.batch, args, seed_offset=10**6 if "other seeds" in name else 0)
-        rows[name] = float((tokens == reference).float().mean())
-        print(f"{name:>20}: {100 * rows[name]:.2f}% of tokens equal to float32's", flush=True)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "run": args.run, "n": args.n,
-              "steps": args.steps, "guidance": args.guidance, "truncation": args.truncation, "agreement": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        agreement = float((tokens == reference).float().mean())
+        print(f"{name:>20}: {100 * agreement:.2f}% of tokens equal to float32's", flush=True)
+        results.append({"run": args.run, "variant": name, "n": args.n, "steps": args.steps,
+                        "guidance": args.guidance, "truncation": args.truncation, "token_agreement": agreement})
 
 
 if __name__ == "__main__":

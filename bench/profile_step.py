@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import statistics
 from collections import defaultdict
 
 import torch
-from timing import median_seconds  # bench/timing.py
+from common import Results, median_seconds
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -228,7 +227,6 @@ def main() -> None:
 
     add_step_arguments(train, many=False)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     run, label = {"sample": sampling_run, "call": pipeline_call_run, "train": training_run}[args.what](args)
@@ -249,10 +247,9 @@ def main() -> None:
     print("| before | after | ms/step | gaps/step |\n|---|---|---|---|")
     for row in table["idle_top"][:10]:
         print(f"| `{row['before'][:60]}` | `{row['after'][:60]}` | {row['ms']:.2f} | {row['gaps']:.1f} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"label": label, "gpu": gpu, "torch": torch.__version__, "wall_ms": wall_ms, **table}, f,
-                      indent=2)
+    Results("profile_step").append({"what": label, "wall_ms": wall_ms, "busy_ms": table["busy_ms"],
+                                    "idle_ms": table["idle_ms"],
+                                    **{f"{name} ms": ms for name, ms in table["families"].items()}})
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Compare diffusion-stage recipes for the CPU quickstart at equal CPU cost, trained side by side on one GPU.
+"""Compare recipes for the CPU quickstart, several training seeds each, trained side by side on a GPU.
 
-    python bench/quickstart_recipes.py --tokenizer RUN/tokenizer --encoder .cache/minilm-fp16 --out DIR
+    python bench/quickstart_recipes.py --recipes base purity_long --train-seeds 0 1 2 \
+        [--encoder PATH] [--runs outputs/recipes] [--time-limit 480]
 
-Each recipe is a set of `train.py` overrides on top of `experiment=quickstart` with a step count
-chosen so that every recipe costs about the same wall time on the 2-core CPU (per-step costs
-measured there, listed below). The runs share one frozen tokenizer, train concurrently (one
-process each, several training seeds), and every resulting pipeline is scored on single-object
-prompts with the shapes analyzer over several sampling seeds and sampler settings. The numbers
-choose the quickstart preset; they are not CPU results (GPU numerics differ slightly).
-Writes ``recipes.json`` and ``recipes.md`` (a table) into --out.
+Each recipe is a list of ``train.py`` overrides on top of ``experiment=quickstart`` (both stages,
+so each training seed trains its own tokenizer too, as ``make quickstart`` does). The runs train
+concurrently, one process each, and every resulting pipeline is scored on the 18 single-object
+prompts with the shapes analyzer, by the quickstart's own end-of-training evaluation and over
+``--eval-seeds`` for each sampler setting of ``--samplers`` on ``--n`` images (the prompts cycled). Rows go to
+``bench/results/quickstart_recipes.csv``; a table of mean, spread and minimum over the training
+seeds is printed. GPU numerics differ a little from the CPU's: these numbers choose a recipe, the
+CPU run of ``make quickstart`` is the result.
 """
 
 from __future__ import annotations
@@ -23,75 +25,86 @@ import time
 from pathlib import Path
 
 import torch
+from common import Results
 
-# name -> (overrides, steps). CPU ms/step (batch 16, fused AdamW, 2-core EPYC): base 88,
-# mlp_ratio 2: 73, head_dim 48: 139, 6 layers: 128. Equal budget: 4400 base steps (~6.5 min).
-RECIPES: dict[str, tuple[list[str], int]] = {
-    "base_3600": ([], 3600),
-    "base_4400": ([], 4400),
-    "base_4300": ([], 4300),
-    "mlp2_5300": (["model.mlp_ratio=2"], 5300),
-    "wide48_2800": (["model.head_dim=48"], 2800),
-    "deep6_3000": (["model.num_layers=6"], 3000),
-    "lr3e-3_4400": (["diffusion_training.lr=3.0e-3"], 4400),
-    "dropout0.2_4400": (["diffusion_training.caption_dropout=0.2"], 4400),
-    "mlp2_lr3e-3_5300": (["model.mlp_ratio=2", "diffusion_training.lr=3.0e-3"], 5300),
-    # tokenizers trained longer on the CPU (1000 steps, 180 s instead of 90 s), so fewer diffusion steps
-    "tok1000_3600": (["tokenizer_checkpoint=outputs/tokA"], 3600),
-    "tok1000x256_3600": (["tokenizer_checkpoint=outputs/tokB"], 3600),
+# name -> overrides of experiment=quickstart
+RECIPES: dict[str, list[str]] = {
+    "base": [],
+    "d3600": ["diffusion_training.max_steps=3600"],
+    "mlp2": ["model.mlp_ratio=2"],
+    "tok250": ["tokenizer_training.max_steps=250"],
+    "codes64_d3600": ["tokenizer.num_vq_embeddings=64", "diffusion_training.max_steps=3600"],
+    "singles_d3600": ["data.train.two_object_share=0.0", "diffusion_training.max_steps=3600"],
+    "lr1e-3_d3600": ["diffusion_training.lr=1.0e-3", "diffusion_training.max_steps=3600"],
+    "tok1000_d3000": ["tokenizer_training.max_steps=1000", "diffusion_training.max_steps=3000"],
+    "steps6000": ["diffusion_training.max_steps=6000"],
+    "batch32": ["data.batch_size=32", "diffusion_training.max_steps=2500"],
+    "ema999": ["diffusion_training.ema_decay=0.999"],
+    "c64_mlp2": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2"],
+    "c32_mlp2": ["tokenizer.num_vq_embeddings=32", "model.mlp_ratio=2"],
+    "c64_mlp2_tok700_d3600": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2",
+                              "tokenizer_training.max_steps=700", "diffusion_training.max_steps=3600"],
+    "c64_mlp2_lr3e-3": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "diffusion_training.lr=3.0e-3"],
+    "c64_mlp2_tokb16": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2",
+                        "tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
+    "c64_mlp2_toklr2e-3": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "tokenizer_training.lr=2.0e-3"],
+    "c64_mlp2_singles": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "data.train.two_object_share=0.0"],
 }
-SAMPLERS = [(3.0, 0.86), (2.5, 0.6)]  # (guidance_scale, truncation_rate)
+# (sampler, steps, guidance_scale, truncation_rate)
+SAMPLERS = ["ancestral,50,2.5,0.6", "purity,50,2.5,0.6", "purity,50,4,0.4"]
 
 
-def launch(name: str, overrides: list[str], steps: int, seed: int, args) -> tuple[subprocess.Popen, Path]:
+def launch(name: str, seed: int, args) -> tuple[subprocess.Popen, Path]:
     folder = args.runs / f"{name}_s{seed}"
-    if not any(o.startswith("tokenizer_checkpoint=") for o in overrides):  # a recipe may bring its own
-        overrides = [f"tokenizer_checkpoint={args.tokenizer}", *overrides]
-    command = [sys.executable, "train.py", "experiment=quickstart", "stage=diffusion", "logger=csv",
-               f"condition.encoder={args.encoder}",
-               "trainer.accelerator=gpu", "trainer.deterministic=false", f"seed={seed}",
-               f"diffusion_training.max_steps={steps}", f"diffusion_training.val_every_n_steps={steps}",
-               "final_num_images=8", f"hydra.run.dir={folder}", *overrides]
+    command = [sys.executable, "train.py", "experiment=quickstart", "logger=csv", f"seed={seed}",
+               f"hydra.run.dir={folder}", *RECIPES[name], *args.overrides]
+    if args.encoder:
+        command.append(f"condition.encoder={args.encoder}")
+    if torch.cuda.is_available():
+        command += ["trainer.accelerator=gpu", "trainer.deterministic=false"]
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(folder / "stdout.log", "w") as log:  # the child keeps its own handle
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), folder
 
 
-def score(folder: Path, seeds: list[int]) -> dict[str, list[float]]:
+def score(folder: Path, settings: list[str], seeds: list[int], n: int, device: str) -> dict[str, list[float]]:
     from vqdiffusion import VQDiffusionPipeline
     from vqdiffusion.data.shapes import ShapesDataset
 
-    pipe = VQDiffusionPipeline.from_pretrained(folder / "pipeline").to("cuda")
+    pipe = VQDiffusionPipeline.from_pretrained(folder / "pipeline").to(device)
     pipe.progress = False
     dataset = ShapesDataset(pipe.vqvae.config.sample_size, length=1)
-    prompts = dataset.validation_prompts(64, "single_objects")
+    prompts = dataset.validation_prompts(n, "single_objects")
     results = {}
-    for guidance, truncation in SAMPLERS:
+    for setting in settings:
+        sampler, steps, guidance, truncation = setting.split(",")
         shares = []
         for seed in seeds:
-            images = pipe(prompts, num_inference_steps=50, guidance_scale=guidance, truncation_rate=truncation,
-                          generator=torch.Generator("cuda").manual_seed(seed)).images
-            shares.append(sum(dataset.score(i, p) for i, p in zip(images, prompts)) / len(prompts))
-        results[f"g{guidance}_t{truncation}"] = shares
+            images = pipe(prompts, num_inference_steps=int(steps), guidance_scale=float(guidance),
+                          truncation_rate=float(truncation), sampler=sampler,
+                          generator=torch.Generator(device).manual_seed(seed)).images
+            shares.append(sum(bool(dataset.score(i, p)) for i, p in zip(images, prompts)) / len(prompts))
+        results[setting] = shares
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizer", required=True)
-    parser.add_argument("--encoder", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="where the table goes")
+    parser.add_argument("--encoder", default=None, help="text encoder folder (default: the preset's)")
     parser.add_argument("--runs", type=Path, default=Path("outputs/recipes"), help="where the runs go")
-    parser.add_argument("--recipes", nargs="*", default=list(RECIPES))
-    parser.add_argument("--train-seeds", type=int, nargs="*", default=[0, 1])
-    parser.add_argument("--eval-seeds", type=int, nargs="*", default=[1, 2, 3, 4])
-    parser.add_argument("--time-limit", type=float, default=400, help="seconds before unfinished runs are stopped")
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--train-seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--eval-seeds", type=int, nargs="*", default=[1234, 1])
+    parser.add_argument("--n", type=int, default=256, help="images per sampler setting and seed")
+    parser.add_argument("--samplers", nargs="*", default=SAMPLERS, help="sampler,steps,guidance,truncation")
+    parser.add_argument("--overrides", nargs="*", default=[], help="added to every run's overrides, last")
+    parser.add_argument("--time-limit", type=float, default=480, help="seconds before unfinished runs are stopped")
     args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     start = time.perf_counter()
-    jobs = [(name, seed, *launch(name, *RECIPES[name], seed, args))
-            for name in args.recipes for seed in args.train_seeds]
+    jobs = [(name, seed, *launch(name, seed, args)) for name in args.recipes for seed in args.train_seeds]
     for name, seed, process, _ in jobs:
         try:
             process.wait(timeout=max(1.0, args.time_limit - (time.perf_counter() - start)))
@@ -100,25 +113,31 @@ def main() -> None:
             print(f"{name} seed {seed}: stopped at the time limit", flush=True)
     print(f"training: {time.perf_counter() - start:.0f} s for {len(jobs)} runs", flush=True)
 
-    table = {}
+    results = Results("quickstart_recipes")
+    table: dict[str, dict[str, list[float]]] = {}
     for name, seed, _, folder in jobs:
         if not (folder / "pipeline").is_dir():
-            print(f"{name} seed {seed}: no pipeline; its log ends:", flush=True)
-            print((folder / "stdout.log").read_text()[-1500:], flush=True)
+            print(f"{name} seed {seed}: no pipeline; its log ends:\n{(folder / 'stdout.log').read_text()[-1500:]}")
             continue
-        for setting, shares in score(folder, args.eval_seeds).items():
-            table.setdefault(name, {}).setdefault(setting, []).extend(shares)
+        final = json.loads((folder / "metrics.json").read_text())["diffusion"].get("faithfulness")
+        table.setdefault(name, {}).setdefault("end of training", []).append(final)
+        results.append({"recipe": name, "overrides": " ".join(RECIPES[name] + args.overrides), "train_seed": seed,
+                        "sampler": "end of training", "n": 64, "faithfulness": final})
+        for setting, shares in score(folder, args.samplers, args.eval_seeds, args.n, device).items():
+            table.setdefault(name, {}).setdefault(setting, []).append(statistics.mean(shares))
+            for eval_seed, share in zip(args.eval_seeds, shares):
+                results.append({"recipe": name, "overrides": " ".join(RECIPES[name] + args.overrides),
+                                "train_seed": seed, "sampler": setting, "n": args.n, "eval_seed": eval_seed,
+                                "faithfulness": share})
         print(f"{name} seed {seed}: scored", flush=True)
-    (args.out / "recipes.json").write_text(json.dumps(table, indent=2) + "\n")
-    settings = [f"g{g}_t{t}" for g, t in SAMPLERS]
-    lines = [f"{torch.cuda.get_device_name()}; mean single-object faithfulness over {len(args.train_seeds)} "
-             f"training seeds x {len(args.eval_seeds)} sampling seeds x 64 prompts", "",
-             "| recipe | " + " | ".join(settings) + " |", "|---" * (len(settings) + 1) + "|"]
+    columns = ["end of training", *args.samplers]
+    print(f"\nsingle-object faithfulness: the run's own end-of-training score (64 images), then each sampler "
+          f"over {len(args.eval_seeds)} seed(s) x {args.n} images; mean ± spread (min) over the training seeds\n")
+    print("| recipe | " + " | ".join(columns) + " |\n|---" + "|---" * len(columns) + "|")
     for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{100 * statistics.mean(row[s]):.1f}% ± {100 * statistics.pstdev(row[s]):.1f}" for s in settings) + " |")
-    (args.out / "recipes.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        cells = [f"{100 * statistics.mean(v):.1f} ± {100 * statistics.pstdev(v):.1f} ({100 * min(v):.1f})"
+                 for v in (row[s] for s in columns)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -11,21 +11,19 @@ Variants of this project's pipeline (``--variants``; see ``VARIANTS``): the dtyp
 ``VQDiffusionPipeline.optimize``'s speed-ups are on (fused q/k/v + cached cross-attention K/V,
 the SDPA kernel, torch.compile, CUDA graphs, FP8 matmuls).
 
-    python bench/sampling.py --batch 1 32 --variants bf16 bf16-fused bf16-compiled fp8-compiled --out r.json
+    python bench/sampling.py --batch 1 32 --variants bf16 bf16-fused bf16-compiled fp8-compiled
 
-Needs a CUDA GPU and diffusers (``../shared/tools/device-wheels`` fetches its wheel).
+Needs a CUDA GPU and diffusers (``pip install -e ".[bench]"``). Appends its rows to
+``bench/results/sampling.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import time
 
 import torch
-from flops import forward_flops  # bench/flops.py
-from timing import matmul_peak, median_seconds  # bench/timing.py
+from common import Results, forward_flops, matmul_peak, median_seconds
 
 from vqdiffusion import VQDiffusionPipeline
 from vqdiffusion.convert.diffusers_format import transformer_config_from_diffusers, vqvae_config_from_diffusers
@@ -136,7 +134,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--steps", type=int, nargs=2, default=[10, 30])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", default=None)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--layers", type=int, default=36, help="fewer for a smoke test; FLOPs assume 36")
     parser.add_argument("--variants", nargs="+", default=["bf16", "bf16-fused", "bf16-compiled"],
@@ -148,10 +145,9 @@ def main() -> None:
     peak = matmul_peak() if args.device == "cuda" else float("nan")
     reference, ours = build(args.variants, args.device, args.layers)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    info = {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "matmul_peak_tflops": peak, "settings": "100 steps, guidance 5, truncation 0.86, ITHQ size",
-            "date": time.strftime("%Y-%m-%d"), "rows": []}
-    rows = info["rows"]
+    info = {"gpu": gpu, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    results = Results("sampling")
+    rows = []
     for batch in args.batch:
         entries = [("diffusers fp16", reference, {})]
         entries += [(f"vqdiffusion {name}", p, {}) for name, p in ours.items()]
@@ -161,10 +157,12 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - one failing variant must not hide the others
                 print(f"{name:>18} b={batch:<3} failed: {type(error).__name__}: {str(error)[:400]}", flush=True)
                 continue
-            rows.append({"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak})
-            if args.out:  # after every row: a later variant's time-out must not lose the earlier ones
-                with open(args.out, "w") as f:
-                    json.dump(info, f, indent=2)
+            row = {"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak}
+            base = next((r for r in rows if r["batch"] == batch and r["pipeline"] == "diffusers fp16"), row)
+            row["vs_diffusers"] = row["images_per_s"] / base["images_per_s"]
+            rows.append(row)
+            results.append({**row, "layers": args.layers, "diffusers": diffusers.__version__,
+                            "matmul_peak_tflops": peak})
             print(f"{name:>18} b={batch:<3} {result['ms_per_step']:8.1f} ms/step  "
                   f"{result['images_per_s']:6.3f} img/s  {result['tflops']:6.0f} TFLOP/s", flush=True)
     print(f"\n{info['gpu']}, torch {info['torch']}, diffusers {info['diffusers']}, "

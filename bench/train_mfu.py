@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import statistics
 import time
 
 import torch
-from flops import SIZES, forward_flops  # bench/flops.py
-from timing import MatmulProbe, event_seconds, matmul_peak  # bench/timing.py
+from common import SIZES, MatmulProbe, Results, event_seconds, forward_flops, matmul_peak
 
 from vqdiffusion.diffusion.closed_form import general_token_terms
 from vqdiffusion.diffusion.loss import DiffusionLoss
@@ -97,7 +95,7 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
                         help="the residual stream's dtype under autocast (residual_in_autocast_dtype; "
                              "bf16 is diffusion_training.bf16_residual's default)")
     parser.add_argument("--bf16-residual", action="store_const", dest="residual", const="bf16",
-                        help=argparse.SUPPRESS)  # the flag of stops 11-15's commands (then opt-in)
+                        help=argparse.SUPPRESS)  # the older spelling of --residual bf16
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto", help="SDPA kernel tried first")
     parser.add_argument("--no-fold-clip", action="store_true",
                         help="clip_grad_norm_ before the step instead of folding the clip into fused AdamW")
@@ -271,13 +269,12 @@ def main() -> None:
     add_step_arguments(parser, many=True)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2, help="steps after the first (compiling) one")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     peak = matmul_peak()
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}, torch {torch.__version__}, measured bf16 matmul peak {peak:.0f} TFLOP/s", flush=True)
-    rows = []
+    rows, results = [], Results("train_mfu")
     for size in args.size:
         for checkpointing in args.checkpointing:
             for batch in args.batch:
@@ -300,10 +297,7 @@ def main() -> None:
                     row["oom"] = True
                     print(f"{label}: OOM", flush=True)
                 rows.append(row)
-                if args.out:  # after every row: a later row's time-out must not lose the earlier ones
-                    with open(args.out, "w") as f:
-                        json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
-                                   "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
+                results.append({**row, "matmul_peak_tflops": peak})
                 torch._dynamo.reset()
                 torch.cuda.empty_cache()
     # the peak again after the runs: MFU against the higher of the two readings
@@ -313,10 +307,6 @@ def main() -> None:
     for r in rows:
         if not r.get("oom"):
             r["mfu"] = r["tflops"] / peak
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"gpu": gpu, "torch": torch.__version__, "matmul_peak_tflops": peak,
-                       "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
     print("| size | batch | checkpointing | compile | ms/step | samples/s | TFLOP/s | MFU (best peak) "
           "| MFU (interleaved peak) | peak memory |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -126,7 +126,7 @@ def test_torchscript_backend_feeds_tensorflow_range_at_299(tmp_path):
     images = torch.zeros(2, 3, 28, 28, dtype=torch.uint8)
     images[1] = 255
     out = extractor(images)
-    assert out[0, 0] == -1 and out[1, 1] == pytest.approx(1 - 1 / 128)  # uint8 / 128 - 1
+    assert float(out[0, 0]) == -1 and float(out[1, 1]) == pytest.approx(1 - 1 / 128)  # uint8 / 128 - 1
     assert torch.all(out[:, 2] == 299)  # resized to Inception's input size
 
 

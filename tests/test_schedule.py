@@ -27,8 +27,8 @@ def test_every_transition_is_a_distribution_and_composes(preset):
     assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
     # q(x_t | x_0) = q(x_t | x_s) q(x_s | x_0): abar multiplies, (1 - gbar) multiplies.
     for t, s in [(90, 40), (100, 1), (2, 1), (57, 56)]:
-        assert a[t, 0] == pytest.approx(a[t, s] * a[s, 0], rel=1e-5, abs=1e-12)
-        assert 1 - c[t, 0] == pytest.approx((1 - c[t, s]) * (1 - c[s, 0]), rel=1e-5, abs=1e-12)
+        torch.testing.assert_close(a[t, 0], a[t, s] * a[s, 0], rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(1 - c[t, 0], (1 - c[t, s]) * (1 - c[s, 0]), rtol=1e-5, atol=1e-12)
 
 
 def test_preset_meanings():

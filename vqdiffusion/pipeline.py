@@ -163,8 +163,8 @@ class VQDiffusionPipeline:
         if fp8 and not self.speed.fp8:
             to_float8(self.transformer, fp8_scaling)
         self._network = self.transformer if mode is None else compile_fast(self.transformer, mode)
-        # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies took
-        # ~80 ms of a batch-32 ITHQ call (H100); compiled, they fuse and the convolutions go channels-last
+        # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
+        # large share of a whole call; compiled, they fuse and the convolutions go channels-last
         self._decode_codes = self.vqvae.decode if mode is None else compile_fast(self.vqvae.decode, mode)
         self.speed = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context, attention=attention,
                                    fp8=fp8 or self.speed.fp8,

@@ -216,8 +216,8 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:
         module.pipeline().save_pretrained(out / "pipeline")
-        # Lightning's teardown moved the module to the CPU: sample on the training device (256
-        # images at 64 px took > 100 s on the CPU of an H100 machine, 8 s on the GPU)
+        # Lightning's teardown moved the module to the CPU: sample on the training device (a GPU
+        # is an order of magnitude faster for the final images)
         module.to(trainer.strategy.root_device)
         result.update(final_evaluation(cfg, module, datamodule, out))
     return result

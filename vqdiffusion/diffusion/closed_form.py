@@ -6,8 +6,8 @@ noise most of that work is structure that can be written down: the true posterio
 q(x_{t-1} | x_t, x0) takes one value on every code except x0 and x_t, and the normaliser of the
 model posterior is linear in the reweighted p(x0 | x_t). What remains per code is one softplus,
 so a token costs two reductions over its K logits (the log-softmax statistics, then one sum)
-instead of a dozen passes with several transcendentals each; at the COCO size (8192 codes) that
-was ~30 ms of a 262 ms training step on an H100 (bench/RESULTS.md).
+instead of a dozen passes with several transcendentals each: with thousands of codes those passes
+were a tenth of a training step (``bench/profile_step.py train``).
 
 Notation for one token (paper time t, s = t - 1): k = x_t, a = x0, p_j = softmax(logits)_j.
 * q(x_t | x0 = j) = c_k for j = k and c_o otherwise (code x_t); the same for every j when x_t is

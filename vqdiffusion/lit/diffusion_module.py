@@ -42,10 +42,10 @@ class DiffusionModule(pl.LightningModule):
         compile: ``torch.compile`` the training transformer, block by block (GPU runs; the first
             step pays the compile, under a minute at the ITHQ size), and the loss math after it.
         bf16_residual: under bf16 autocast, carry the transformer's residual stream in bf16
-            instead of float32 (``VQDiffusionTransformer.residual_in_autocast_dtype``): 4-6%
-            faster steps and 5 GiB less memory at the paper sizes on an H100, and the same
-            validation VB as the float32 stream at 8 and 16 layers (bench/RESULTS.md). No effect
-            in float32 or under fp16 autocast. False keeps the float32 stream.
+            instead of float32 (``VQDiffusionTransformer.residual_in_autocast_dtype``): faster
+            steps and less memory at the paper sizes, with the same validation VB as the float32
+            stream (bench/README.md). No effect in float32 or under fp16 autocast. False keeps
+            the float32 stream.
         lr: peak learning rate, per batch as configured (independent of the GPU count: the
             global batch grows with the GPU count and the LR does not, unless you scale it).
     """
@@ -109,8 +109,8 @@ class DiffusionModule(pl.LightningModule):
         if compile:
             # Each block in place (nn.Module.compile): parameter names and checkpoints stay as they
             # are, and the blocks share one compiled graph, so the compile costs one block's time
-            # (ITHQ size, H100: first step under a minute; the whole transformer: over 150 s) at the
-            # same step time. The EMA copy, used for sampling, stays eager.
+            # (a fraction of compiling the whole transformer) at the same step time. The EMA copy,
+            # used for sampling, stays eager.
             for block in self.transformer.transformer_blocks:
                 block.compile()
             self.loss.compile_math = True  # the closed-form loss math after the network (with gradients)
@@ -176,10 +176,22 @@ class DiffusionModule(pl.LightningModule):
                 f"non-finite diffusion loss at step {self.global_step} (vb={terms['vb'].item()}, "
                 f"aux={terms['aux'].item()}); the last good checkpoint is kept"
             )
-        self.log_dict({f"train/{k}": terms[k] for k in ("loss", "vb", "aux", "kl", "decoder_nll")},
-                      prog_bar=False, batch_size=len(x0))
-        self.log("loss", terms["loss"], prog_bar=True, logger=False, batch_size=len(x0))
+        if self._logs_this_step():
+            self.log_dict({f"train/{k}": terms[k] for k in ("loss", "vb", "aux", "kl", "decoder_nll")},
+                          prog_bar=False, batch_size=len(x0))
+            self.log("loss", terms["loss"], prog_bar=True, logger=False, batch_size=len(x0))
         return terms["loss"]
+
+    def _logs_this_step(self) -> bool:
+        """Whether this step's training metrics are logged: every step the logger writes, the last
+        step (the run's final loss), and every step under the plateau LR schedule (it reads
+        train/loss each step). Lightning's bookkeeping of a logged value costs up to a tenth of a
+        small model's CPU step, so the steps nobody reads skip it."""
+        trainer = self._trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is None or self.hparams.lr_schedule == "plateau" or trainer.fast_dev_run:
+            return True
+        return bool(connector.should_update_logs) or self.global_step + 1 >= trainer.max_steps > 0
 
     def on_train_start(self) -> None:
         self._ema_seen_step = self.global_step  # a resumed run's last step already updated the EMA
@@ -212,8 +224,8 @@ class DiffusionModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp.lr, betas=tuple(hp.betas),
-            # one fused kernel instead of a loop over ~100 tensors: 8.4 -> 1.3 ms a step on a 2-core
-            # CPU for the quickstart model; fp16's GradScaler must unscale first, so not there
+            # one fused kernel instead of a loop over every tensor (a visible share of a small
+            # model's CPU step); fp16's GradScaler must unscale first, so not there
             fused=not self._uses_grad_scaler(),
         )
         scheduler = lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps,

@@ -89,8 +89,8 @@ class Attention(nn.Module):
     """
 
     # One wide matmul fills the GPU better than three narrow ones, and its backward is one
-    # input-gradient matmul instead of three plus two adds: ITHQ batch 16 step 303 -> 300 ms on an
-    # H100 (bench/RESULTS.md). bench/train_mfu.py --no-stacked-qkv turns it off to measure it.
+    # input-gradient matmul instead of three plus two adds. bench/train_mfu.py --no-stacked-qkv
+    # turns it off to measure it.
     stack_qkv_in_training: bool = True
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None, bias: bool) -> None:

@@ -2,8 +2,8 @@
 
 :func:`~vqdiffusion.diffusion.guidance.truncate` keeps, per token, the most likely classes whose
 mass before each (in descending order) is below the rate, by sorting the K classes of every token:
-at ITHQ batch 32 the sort alone took 4.2 ms and its cumsum 2.2 ms of a 314 ms step (H100,
-``bench/profile_step.py``). What it keeps is every class with p >= tau, where tau is the smallest
+at the paper sizes the sort and its cumsum are among the largest non-matmul kernels of a sampling
+step (``bench/profile_step.py sample``). What it keeps is every class with p >= tau, where tau is the smallest
 float whose "mass strictly above" is below the rate. This kernel finds tau per token by bisection
 over the float32 bit patterns (non-negative floats are ordered like their int32 bits, so 32 rounds
 reach adjacent floats: the exact tau), each round a masked sum over the K values held in

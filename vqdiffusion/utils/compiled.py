@@ -15,7 +15,7 @@ __all__ = ["COMPILE_MODES", "begin_graph_step", "compile_fast", "compiled", "ind
 # torch.compile's modes, plus "tuned": the default mode with coordinate-descent tuning of every
 # generated Triton kernel's launch configuration (block sizes, warps), without the GEMM autotuning
 # of "max-autotune" (whose compile did not finish within 10 minutes on the ITHQ FP8 transformer).
-# Minutes more compile; the FP8 batch-32 ITHQ step went 228 -> 220 ms on an H100 (bench/RESULTS.md).
+# Minutes more compile for a few percent at large batches (bench/sampling.py --variants fp8-tuned).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "tuned")
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
@@ -24,8 +24,8 @@ def inductor_options(mode: str | None = None, multi_kernel: bool = True) -> dict
     """What ``torch.compile(mode=mode)`` sets, plus (``multi_kernel``) multi-kernel reductions: each row reduction
     (LayerNorm over the width, the FP8 row scales) is built both as a persistent kernel holding
     the row in registers and as a looped one, and the faster is kept at run time. Inductor's own
-    threshold makes rows over 1024 wide looped, which reads them twice: on the ITHQ transformer
-    (rows of 1408 and 5632) persistent LayerNorms took a 315 ms bf16 step to 308 ms (H100)."""
+    threshold makes rows over 1024 wide looped, which reads them twice: the ITHQ transformer's
+    rows of 1408 and 5632 pay for that in every LayerNorm."""
     import torch._inductor
 
     if mode is not None and mode not in COMPILE_MODES:

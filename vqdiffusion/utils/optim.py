@@ -20,9 +20,8 @@ def clip_grad_norm_in_step(optimizer: torch.optim.Optimizer, max_norm: float) ->
     Computes the global L2 norm of the gradients and hands ``max(1, norm / max_norm)`` to the fused
     kernel as its ``grad_scale``, which divides every gradient by it (and writes the divided
     gradient back) as it updates the weights: the same update as clipping first, without
-    clipping's separate read and write of every gradient (1.0-2.4 ms of a ~410 ms ITHQ training
-    step on an H100, bench/RESULTS.md). Returns the norm before clipping. Call once per optimizer step, after
-    the last backward, on an optimizer for which :func:`folds_clipping` holds.
+    clipping's separate read and write of every gradient. Returns the norm before clipping. Call
+    once per optimizer step, after the last backward, on an optimizer for which :func:`folds_clipping` holds.
     """
     if not folds_clipping(optimizer):
         raise ValueError(f"clip_grad_norm_in_step needs a fused Adam/AdamW, got {type(optimizer).__name__} "
