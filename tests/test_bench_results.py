@@ -1,0 +1,35 @@
+"""bench/common.py's results file: rows appended as measured, columns united, stamps first."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[1] / "bench" / "common.py")
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
+
+
+def test_rows_append_and_new_columns_rewrite_the_file_with_their_union(tmp_path):
+    results = common.Results("speed", folder=tmp_path)
+    results.append({"batch": 1, "ms_per_step": 9.7123456})
+    results.append({"batch": 32, "ms_per_step": 220.2})
+    results.append({"batch": 32, "ms_per_step": 299.6, "variant": "bf16-compiled", "peaks": [700.0, 745.5]})
+    with open(tmp_path / "speed.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        assert reader.fieldnames == ["date", "device", "torch", "command", "batch", "ms_per_step", "variant", "peaks"]
+    assert [r["batch"] for r in rows] == ["1", "32", "32"]
+    assert rows[0]["ms_per_step"] == "9.71235" and rows[0]["variant"] == ""
+    assert rows[2]["variant"] == "bf16-compiled" and rows[2]["peaks"] == "700 745.5"
+    assert all(r["device"] == common.device_name() and r["command"].startswith("python ") for r in rows)
+    assert not (tmp_path / "speed.csv.tmp").exists()
+
+
+def test_forward_flops_counts_the_ithq_transformer():
+    # 36 layers x 1408 wide, 1024 tokens, 77 text tokens of 512, 4096 codes: about 3.1 TFLOP a sequence
+    flops = common.forward_flops("ithq", 1)
+    n, d = 1024, 1408
+    layer = 2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 2 * n * d * d + 4 * 77 * 512 * d + 4 * n * 77 * d \
+        + 2 * n * d * d + 4 * n * d * 4 * d
+    assert flops == 36 * layer + 2 * n * d * 4096
+    assert common.forward_flops("ithq", 3) == 3 * flops
