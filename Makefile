@@ -9,13 +9,15 @@ TEST_ARGS ?= -q -m "not slow and not gpu"
 
 .PHONY: install install-bench quickstart test test-latest lock lint check-words
 
+# The package with one of its extras (dev: tests and lint; bench: the benchmarks).
+EXTRAS ?= dev
+
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 
 install-bench:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[bench]"
+	$(MAKE) install EXTRAS=bench
 
 quickstart: install
 	$(PYTHON) train.py experiment=quickstart

@@ -120,15 +120,16 @@ class Results:
         rows, columns = [], list(self.stamp_columns)
         if self.path.exists():
             with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                columns = list(reader.fieldnames or columns)
-                rows = list(reader)
+                columns = list(csv.DictReader(f).fieldnames or columns)
         new = [k for k in row if k not in columns]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if not new and self.path.exists():
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, columns).writerow(row)
             return
+        if self.path.exists():  # the rows are read only when the header changes
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         columns += new
         temporary = self.path.with_suffix(".csv.tmp")
         with open(temporary, "w", newline="") as f:

@@ -26,6 +26,19 @@ from vqdiffusion.data.shapes import ShapesDataset
 from vqdiffusion.utils.images import make_grid, save_png
 
 
+def faithfulness(pipe, dataset, prompts: list[str], sampler: str, steps: int, guidance: float, truncation: float,
+                 seed: int) -> tuple[float, list, float]:
+    """Share of ``prompts`` whose sample the shapes analyzer finds faithful, the images, and the
+    seconds the sampling took (one generator for the batch, seeded by ``seed``)."""
+    device = pipe.device
+    start = time.perf_counter()
+    images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, truncation_rate=truncation,
+                  sampler=sampler, generator=torch.Generator(device).manual_seed(seed)).images
+    seconds = time.perf_counter() - start
+    share = sum(bool(dataset.score(i, p)) for i, p in zip(images, prompts)) / len(prompts)
+    return share, images, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders (with pipeline/) or pipeline folders")
@@ -52,12 +65,8 @@ def main() -> None:
         for index, (sampler, steps, guidance, truncation) in enumerate(settings):
             shares = []
             for seed in args.seeds:
-                start = time.perf_counter()
-                images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance,
-                              truncation_rate=truncation, sampler=sampler,
-                              generator=torch.Generator(device).manual_seed(seed)).images
-                seconds = time.perf_counter() - start
-                share = sum(bool(dataset.score(i, p)) for i, p in zip(images, prompts)) / len(prompts)
+                share, images, seconds = faithfulness(pipe, dataset, prompts, sampler, steps, guidance,
+                                                      truncation, seed)
                 shares.append(share)
                 results.append({"run": str(run), "kind": args.kind, "n": args.n, "sampler": sampler,
                                 "steps": steps, "guidance_scale": guidance, "truncation_rate": truncation,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from common import Results
+from eval_shapes import faithfulness
 
 # name -> overrides of experiment=quickstart
 RECIPES: dict[str, list[str]] = {
@@ -79,13 +80,8 @@ def score(folder: Path, settings: list[str], seeds: list[int], n: int, device: s
     results = {}
     for setting in settings:
         sampler, steps, guidance, truncation = setting.split(",")
-        shares = []
-        for seed in seeds:
-            images = pipe(prompts, num_inference_steps=int(steps), guidance_scale=float(guidance),
-                          truncation_rate=float(truncation), sampler=sampler,
-                          generator=torch.Generator(device).manual_seed(seed)).images
-            shares.append(sum(bool(dataset.score(i, p)) for i, p in zip(images, prompts)) / len(prompts))
-        results[setting] = shares
+        results[setting] = [faithfulness(pipe, dataset, prompts, sampler, int(steps), float(guidance),
+                                         float(truncation), seed)[0] for seed in seeds]
     return results
 
 
