@@ -6,6 +6,8 @@ CONSTRAINTS ?= constraints.txt
 # Where test-latest builds its throw-away environment of the newest releases.
 LATEST_VENV ?= $(or $(TMPDIR),/tmp)/vqdiffusion-latest-venv
 TEST_ARGS ?= -q -m "not slow and not gpu"
+# Extra train.py overrides for 'make quickstart', e.g. ARGS="seed=1".
+ARGS ?=
 
 .PHONY: install install-bench quickstart test test-latest lock lint check-words
 
@@ -20,7 +22,7 @@ install-bench:
 	$(MAKE) install EXTRAS=bench
 
 quickstart: install
-	$(PYTHON) train.py experiment=quickstart
+	$(PYTHON) train.py experiment=quickstart $(ARGS)
 
 test: install
 	@$(PYTHON) -m pytest --version

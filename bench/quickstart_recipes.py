@@ -50,6 +50,35 @@ RECIPES: dict[str, list[str]] = {
                         "tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
     "c64_mlp2_toklr2e-3": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "tokenizer_training.lr=2.0e-3"],
     "c64_mlp2_singles": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "data.train.two_object_share=0.0"],
+    # tokenizer recipes (compare with --stage tokenizer: the reconstruction ceiling)
+    "tok_cosine": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20"],
+    "tok_cosine_lr2e-3": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                          "tokenizer_training.lr=2.0e-3"],
+    "tok_cosine_lr4e-3": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                          "tokenizer_training.lr=4.0e-3"],
+    "tok_cosine_codes256": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                            "tokenizer.num_vq_embeddings=256"],
+    "tok_cosine_dim8": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                        "tokenizer.vq_embed_dim=8"],
+    "tok_cosine_b16": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                       "tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
+    "tok_cosine_betas": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                         "tokenizer_training.betas=[0.9,0.99]"],
+    "tok_cosine_restart50": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                             "tokenizer_training.restart_dead_codes_every=50"],
+    "tok_cosine_wide": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                        "tokenizer.block_out_channels=[32,64,64]"],
+    "tok_cosine_singles": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                           "data.train.two_object_share=0.0"],
+    "tok_cosine_1000": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                        "tokenizer_training.max_steps=1000"],
+    "tokcos": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20"],
+    "tokcos_mlp2": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                    "model.mlp_ratio=2"],
+    "tokcos_mlp2_d3600": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                          "model.mlp_ratio=2", "diffusion_training.max_steps=3600"],
+    "tokcos_mlp2_tok400": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
+                           "model.mlp_ratio=2", "tokenizer_training.max_steps=400"],
 }
 # (sampler, steps, guidance_scale, truncation_rate)
 SAMPLERS = ["ancestral,50,2.5,0.6", "purity,50,2.5,0.6", "purity,50,4,0.4"]
@@ -58,7 +87,7 @@ SAMPLERS = ["ancestral,50,2.5,0.6", "purity,50,2.5,0.6", "purity,50,4,0.4"]
 def launch(name: str, seed: int, args) -> tuple[subprocess.Popen, Path]:
     folder = args.runs / f"{name}_s{seed}"
     command = [sys.executable, "train.py", "experiment=quickstart", "logger=csv", f"seed={seed}",
-               f"hydra.run.dir={folder}", *RECIPES[name], *args.overrides]
+               f"stage={args.stage}", f"hydra.run.dir={folder}", *RECIPES[name], *args.overrides]
     if args.encoder:
         command.append(f"condition.encoder={args.encoder}")
     if torch.cuda.is_available():
@@ -85,6 +114,29 @@ def score(folder: Path, settings: list[str], seeds: list[int], n: int, device: s
     return results
 
 
+def compare_tokenizers(jobs: list, args) -> None:
+    """Rows of the tokenizer metrics (reconstruction faithfulness, PSNR, codes used) and a table."""
+    results = Results("quickstart_tokenizers")
+    table: dict[str, list[dict]] = {}
+    for name, seed, _, folder in jobs:
+        path = folder / "tokenizer" / "metrics.json"
+        if not path.exists():
+            print(f"{name} seed {seed}: no tokenizer; its log ends:\n{(folder / 'stdout.log').read_text()[-1500:]}")
+            continue
+        metrics = json.loads(path.read_text())
+        table.setdefault(name, []).append(metrics)
+        results.append({"recipe": name, "overrides": " ".join(RECIPES[name] + args.overrides), "train_seed": seed,
+                        **metrics})
+    print("\ntokenizers: mean ± spread (min) over the training seeds\n")
+    print("| recipe | reconstruction faithfulness | PSNR (dB) | codes used |\n|---|---|---|---|")
+    for name, rows in table.items():
+        cells = []
+        for key, scale in (("reconstruction_faithfulness", 100), ("val_psnr_db", 1), ("codes_used", 100)):
+            values = [scale * row[key] for row in rows]
+            cells.append(f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f} ({min(values):.1f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default=None, help="text encoder folder (default: the preset's)")
@@ -95,6 +147,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="images per sampler setting and seed")
     parser.add_argument("--samplers", nargs="*", default=SAMPLERS, help="sampler,steps,guidance,truncation")
     parser.add_argument("--overrides", nargs="*", default=[], help="added to every run's overrides, last")
+    parser.add_argument("--stage", default="all", choices=["all", "tokenizer"],
+                        help="tokenizer: train only the tokenizers and compare their reconstruction ceilings")
     parser.add_argument("--time-limit", type=float, default=480, help="seconds before unfinished runs are stopped")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -109,6 +163,9 @@ def main() -> None:
             print(f"{name} seed {seed}: stopped at the time limit", flush=True)
     print(f"training: {time.perf_counter() - start:.0f} s for {len(jobs)} runs", flush=True)
 
+    if args.stage == "tokenizer":
+        compare_tokenizers(jobs, args)
+        return
     results = Results("quickstart_recipes")
     table: dict[str, dict[str, list[float]]] = {}
     for name, seed, _, folder in jobs:

@@ -3,6 +3,7 @@ the diffusion stage's LR schedules."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def _batch_step(module: TokenizerModule, step: int) -> torch.Tensor:
 def test_discriminator_trains_only_on_its_own_loss_after_disc_start():
     torch.manual_seed(0)
     module = TokenizerModule(TINY_VQ, disc_weight=0.8, disc_start=10, restart_dead_codes_every=0)
-    optimizer = module.configure_optimizers()
+    optimizer = module.configure_optimizers()["optimizer"]
     assert len(optimizer.param_groups) == 2  # autoencoder + discriminator, one optimiser step per batch
 
     # Before disc_start: the discriminator receives exactly zero gradient, but is in the graph (DDP).
@@ -218,7 +219,7 @@ def test_perceptual_term_enters_the_tokenizer_loss_and_trains_only_the_autoencod
     torch.testing.assert_close(loss - plain.training_step({"image": images}, 0), expected_extra)
     loss.backward()
     assert all(p.grad is None for p in module.lpips.parameters())
-    optimised = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    optimised = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in module.lpips.parameters()}
 
 
@@ -245,3 +246,74 @@ def test_dead_codes_restart_once_per_optimizer_step_under_accumulation(accumulat
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(images, batch_size=None))
     assert trainer.global_step == 3 and len(restarts) == 3
+
+
+def test_tokenizer_cosine_schedule_warms_up_and_ends_at_a_tenth_of_the_peak():
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    module = TokenizerModule(TINY_VQ, lr=1e-3, lr_schedule="cosine", warmup_steps=2, max_steps=6,
+                             restart_dead_codes_every=0)
+    seen = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    images = [{"image": torch.rand(2, 3, 32, 32) * 2 - 1} for _ in range(6)]
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=False, callbacks=[RecordLR()],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(images, batch_size=None))
+    # warm-up 1/2, 2/2 of the peak, then cosine over the 4 remaining steps down towards 0.1
+    expected = [5e-4, 1e-3] + [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * k / 4))) for k in range(4)]
+    torch.testing.assert_close(torch.tensor(seen), torch.tensor(expected), rtol=1e-6, atol=0)
+
+
+def test_tokenizer_schedule_names_are_checked():
+    expected = r"tokenizer lr_schedule must be one of \('constant', 'cosine'\), got 'plateau'"
+    with pytest.raises(ValueError, match=expected):
+        TokenizerModule(TINY_VQ, lr_schedule="plateau")
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0, got -1"):
+        TokenizerModule(TINY_VQ, warmup_steps=-1)
+
+
+class _Identity(torch.nn.Module):
+    """A stand-in tokenizer whose codes are the pixels: decode(encode(x)) == x."""
+
+    def __init__(self, blank: bool = False) -> None:
+        super().__init__()
+        self.weight, self.blank = torch.nn.Parameter(torch.zeros(())), blank
+
+    def encode(self, images):
+        return images
+
+    def decode(self, codes):
+        return torch.full_like(codes, -1.0) if self.blank else codes
+
+
+def test_reconstruction_faithfulness_is_the_analyzer_on_decoded_images():
+    from vqdiffusion.data.shapes import ShapesDataset
+    from vqdiffusion.tasks import reconstruction_faithfulness
+
+    shapes = ShapesDataset(32, length=40, seed=3, two_object_share=0.5)
+    # the dataset's own images pass (after the uint8 round trip), black images never do
+    assert reconstruction_faithfulness(_Identity(), shapes, count=40, batch_size=16) == 1.0
+    assert reconstruction_faithfulness(_Identity(blank=True), shapes, count=40) == 0.0
+    # datasets without an analyzer have no ceiling to report
+    assert reconstruction_faithfulness(_Identity(), [{"image": torch.zeros(3, 32, 32)}]) is None
+    assert reconstruction_faithfulness(_Identity(), None) is None
+
+
+def test_reconstruction_faithfulness_counts_each_failure():
+    from vqdiffusion.data.shapes import ShapesDataset
+    from vqdiffusion.tasks import reconstruction_faithfulness
+
+    class EveryOtherBlank(_Identity):
+        def decode(self, codes):  # blanks the odd images of each batch
+            out = codes.clone()
+            out[1::2] = -1.0
+            return out
+
+    shapes = ShapesDataset(32, length=10, seed=4, two_object_share=0.0)
+    assert reconstruction_faithfulness(EveryOtherBlank(), shapes, count=10, batch_size=10) == 0.5
+    assert reconstruction_faithfulness(EveryOtherBlank(), shapes, count=5, batch_size=10) == 0.6

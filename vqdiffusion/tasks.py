@@ -144,10 +144,12 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         return json.loads((folder / "metrics.json").read_text())
     hp = cfg.tokenizer_training
     module = TokenizerModule(
-        vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, l2_weight=hp.l2_weight,
+        vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, betas=tuple(hp.betas),
+        l2_weight=hp.l2_weight,
         perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every,
         disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"),
-        lpips_vgg=hp.get("lpips_vgg"), lpips_lin=hp.get("lpips_lin"))
+        lpips_vgg=hp.get("lpips_vgg"), lpips_lin=hp.get("lpips_lin"), lr_schedule=hp.lr_schedule,
+        warmup_steps=hp.warmup_steps, max_steps=hp.max_steps)
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
     shared_batch = datamodule.batch_size
     datamodule.batch_size = hp.get("batch_size") or shared_batch  # the stage may use its own batch
@@ -157,6 +159,12 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         datamodule.batch_size = shared_batch
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
+    metrics = {"val_psnr_db": psnr, "codes_used": usage}
+    ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set)
+    if ceiling is not None:
+        metrics["reconstruction_faithfulness"] = ceiling
+        log.info("tokenizer: %.1f%% of validation images stay faithful to their caption through "
+                 "encode + decode (the ceiling of generated faithfulness)", 100 * ceiling)
     if trainer.is_global_zero:
         from .utils.atomic import atomic_directory
 
@@ -167,10 +175,37 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
             if example is not None:
                 grid = to_pil((example.float() / 2 + 0.5).clamp(0, 1))
                 save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
-            _write_json(staging / "metrics.json", {"val_psnr_db": psnr, "codes_used": usage})
+            _write_json(staging / "metrics.json", metrics)
     # The other ranks go on to the diffusion stage, which reads this folder: wait until it is written.
     trainer.strategy.barrier("tokenizer_export")
-    return {"val_psnr_db": psnr, "codes_used": usage}
+    return metrics
+
+
+@torch.no_grad()
+def reconstruction_faithfulness(vqvae: VQVAE, dataset, count: int = 256, batch_size: int = 64) -> float | None:
+    """Share of the first ``count`` items of a captioned dataset with an analyzer (``dataset.score``,
+    e.g. shapes) whose encode + decode the analyzer still finds faithful; None for other datasets.
+
+    A generated image can only be as faithful as the codes allow, so this bounds the diffusion
+    stage's score: a tokenizer that blurs two colours into one caps it however long that trains.
+    """
+    if dataset is None or not callable(getattr(dataset, "score", None)) or len(dataset) == 0:
+        return None
+    count = min(count, len(dataset))
+    was_training = vqvae.training
+    vqvae.eval()
+    device = next(vqvae.parameters()).device
+    hits = 0
+    try:
+        for begin in range(0, count, batch_size):
+            items = [dataset[i] for i in range(begin, min(begin + batch_size, count))]
+            images = torch.stack([item["image"] for item in items]).to(device)
+            decoded = vqvae.decode(vqvae.encode(images)).float().clamp(-1, 1)
+            for image, item in zip(to_pil(decoded / 2 + 0.5), items):
+                hits += bool(dataset.score(image, item["caption"]))
+    finally:
+        vqvae.train(was_training)
+    return hits / count
 
 
 def _frozen_tokenizer(vqvae: VQVAE) -> VQVAE:

@@ -1,4 +1,5 @@
-"""Learning-rate schedules of the diffusion stage, all with a linear warm-up, stepped per batch.
+"""Learning-rate schedules, all with a linear warm-up, stepped per optimiser step (the tokenizer
+stage takes ``cosine`` and ``constant``, the diffusion stage all three).
 
 - ``cosine``: warm-up, then cosine from the peak down to 10% of it at ``max_steps``.
 - ``constant``: warm-up, then the peak.
