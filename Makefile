@@ -14,17 +14,25 @@ ARGS ?=
 # The package with one of its extras (dev: tests and lint; bench: the benchmarks).
 EXTRAS ?= dev
 
+# Marks the environment of $(PYTHON) as installed with these extras; 'quickstart' and 'test'
+# re-install only when pyproject.toml or the constraints are newer than it ('make install' always does).
+INSTALLED = $(shell $(PYTHON) -c "import sys; print(sys.prefix)")/.vqdiffusion-$(EXTRAS)-installed
+
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	@touch "$(INSTALLED)"
+
+$(INSTALLED): pyproject.toml $(CONSTRAINTS)
+	$(MAKE) install
 
 install-bench:
 	$(MAKE) install EXTRAS=bench
 
-quickstart: install
+quickstart: $(INSTALLED)
 	$(PYTHON) train.py experiment=quickstart $(ARGS)
 
-test: install
+test: $(INSTALLED)
 	@$(PYTHON) -m pytest --version
 	$(PYTHON) -m pytest $(TEST_ARGS)
 

@@ -1,7 +1,7 @@
 """Compare recipes for the CPU quickstart, several training seeds each, trained side by side on a GPU.
 
-    python bench/quickstart_recipes.py --recipes base purity_long --train-seeds 0 1 2 \
-        [--encoder PATH] [--runs outputs/recipes] [--time-limit 480]
+    python bench/quickstart_recipes.py --recipes base mlp4 --train-seeds 0 1 2 \
+        [--stage tokenizer] [--encoder PATH] [--runs outputs/recipes] [--time-limit 480]
 
 Each recipe is a list of ``train.py`` overrides on top of ``experiment=quickstart`` (both stages,
 so each training seed trains its own tokenizer too, as ``make quickstart`` does). The runs train
@@ -11,6 +11,10 @@ prompts with the shapes analyzer, by the quickstart's own end-of-training evalua
 ``bench/results/quickstart_recipes.csv``; a table of mean, spread and minimum over the training
 seeds is printed. GPU numerics differ a little from the CPU's: these numbers choose a recipe, the
 CPU run of ``make quickstart`` is the result.
+
+``--stage tokenizer`` trains only the tokenizers and compares their reconstruction faithfulness
+(the share of validation images the analyzer still passes after encode + decode: the ceiling
+of the diffusion stage), PSNR and code usage; rows in ``bench/results/quickstart_tokenizers.csv``.
 """
 
 from __future__ import annotations
@@ -31,54 +35,24 @@ from eval_shapes import faithfulness
 # name -> overrides of experiment=quickstart
 RECIPES: dict[str, list[str]] = {
     "base": [],
+    "former_preset": ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0",
+                      "model.mlp_ratio=4"],
+    "constant_tokenizer_lr": ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0"],
+    "mlp4": ["model.mlp_ratio=4"],
     "d3600": ["diffusion_training.max_steps=3600"],
-    "mlp2": ["model.mlp_ratio=2"],
-    "tok250": ["tokenizer_training.max_steps=250"],
-    "codes64_d3600": ["tokenizer.num_vq_embeddings=64", "diffusion_training.max_steps=3600"],
-    "singles_d3600": ["data.train.two_object_share=0.0", "diffusion_training.max_steps=3600"],
-    "lr1e-3_d3600": ["diffusion_training.lr=1.0e-3", "diffusion_training.max_steps=3600"],
-    "tok1000_d3000": ["tokenizer_training.max_steps=1000", "diffusion_training.max_steps=3000"],
-    "steps6000": ["diffusion_training.max_steps=6000"],
+    "d5000": ["diffusion_training.max_steps=5000"],
+    "tok400": ["tokenizer_training.max_steps=400"],
+    "tok1000": ["tokenizer_training.max_steps=1000"],
+    "tok_lr2e-3": ["tokenizer_training.lr=2.0e-3"],
+    "tok_b16": ["tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
+    "tok_betas": ["tokenizer_training.betas=[0.9,0.99]"],
+    "tok_wide": ["tokenizer.block_out_channels=[32,64,64]"],
+    "codes64": ["tokenizer.num_vq_embeddings=64"],
+    "codes256": ["tokenizer.num_vq_embeddings=256"],
+    "singles": ["data.train.two_object_share=0.0"],
     "batch32": ["data.batch_size=32", "diffusion_training.max_steps=2500"],
     "ema999": ["diffusion_training.ema_decay=0.999"],
-    "c64_mlp2": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2"],
-    "c32_mlp2": ["tokenizer.num_vq_embeddings=32", "model.mlp_ratio=2"],
-    "c64_mlp2_tok700_d3600": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2",
-                              "tokenizer_training.max_steps=700", "diffusion_training.max_steps=3600"],
-    "c64_mlp2_lr3e-3": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "diffusion_training.lr=3.0e-3"],
-    "c64_mlp2_tokb16": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2",
-                        "tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
-    "c64_mlp2_toklr2e-3": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "tokenizer_training.lr=2.0e-3"],
-    "c64_mlp2_singles": ["tokenizer.num_vq_embeddings=64", "model.mlp_ratio=2", "data.train.two_object_share=0.0"],
-    # tokenizer recipes (compare with --stage tokenizer: the reconstruction ceiling)
-    "tok_cosine": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20"],
-    "tok_cosine_lr2e-3": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                          "tokenizer_training.lr=2.0e-3"],
-    "tok_cosine_lr4e-3": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                          "tokenizer_training.lr=4.0e-3"],
-    "tok_cosine_codes256": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                            "tokenizer.num_vq_embeddings=256"],
-    "tok_cosine_dim8": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                        "tokenizer.vq_embed_dim=8"],
-    "tok_cosine_b16": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                       "tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
-    "tok_cosine_betas": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                         "tokenizer_training.betas=[0.9,0.99]"],
-    "tok_cosine_restart50": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                             "tokenizer_training.restart_dead_codes_every=50"],
-    "tok_cosine_wide": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                        "tokenizer.block_out_channels=[32,64,64]"],
-    "tok_cosine_singles": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                           "data.train.two_object_share=0.0"],
-    "tok_cosine_1000": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                        "tokenizer_training.max_steps=1000"],
-    "tokcos": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20"],
-    "tokcos_mlp2": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                    "model.mlp_ratio=2"],
-    "tokcos_mlp2_d3600": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                          "model.mlp_ratio=2", "diffusion_training.max_steps=3600"],
-    "tokcos_mlp2_tok400": ["tokenizer_training.lr_schedule=cosine", "tokenizer_training.warmup_steps=20",
-                           "model.mlp_ratio=2", "tokenizer_training.max_steps=400"],
+    "diffusion_lr3e-3": ["diffusion_training.lr=3.0e-3"],
 }
 # (sampler, steps, guidance_scale, truncation_rate)
 SAMPLERS = ["ancestral,50,2.5,0.6", "purity,50,2.5,0.6", "purity,50,4,0.4"]

@@ -23,16 +23,8 @@ from vqdiffusion.tasks import train
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
-TINY = [
-    "tokenizer_training.max_steps=2", "tokenizer_training.val_every_n_steps=2",
-    "diffusion_training.max_steps=2", "diffusion_training.val_every_n_steps=2",
-    "diffusion_training.warmup_steps=1", "final_num_images=2", "validation.num_images=2",
-    "sampler.num_inference_steps=2", "data.batch_size=4", "limit_val_batches=1",
-    "model.num_layers=1", "model.num_heads=2", "model.head_dim=8",
-    "tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "logger=csv",
-    "trainer=cpu", "data.num_workers=0", "tokenizer.latent_channels=8", "tokenizer.vq_embed_dim=8",
-    "tokenizer=tiny", "model=tiny", "callbacks=none", "diffusion_training.compile=false",
-]
+# Both stages at toy size (configs/debug/tiny.yaml), plus the CSV logger's offline files.
+TINY = ["debug=tiny"]
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +87,60 @@ def test_every_experiment_composes_and_trains_both_stages(experiment, tmp_path, 
     assert (tmp_path / "pipeline" / "model_index.json").exists()
     assert (tmp_path / "final_grid.png").exists() and (tmp_path / "config.yaml").exists()
     assert OmegaConf.load(tmp_path / "config.yaml").name == cfg.name
+
+
+def _trainer_for(overrides: list[str], tmp_path: Path):
+    from vqdiffusion.tasks import _trainer
+
+    cfg = compose_train([*overrides, f"+output_dir={tmp_path}", "logger=csv"])
+    return _trainer(cfg, tmp_path, max_steps=7, val_every=5, callbacks=[])
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIGS / "trainer").glob("*.yaml")))
+def test_every_trainer_option_instantiates_with_the_stage_steps(option, tmp_path):
+    trainer = _trainer_for([f"trainer={option}", "trainer.accelerator=cpu"], tmp_path)
+    assert trainer.max_steps == 7 and trainer.val_check_interval == 5
+    assert trainer.accumulate_grad_batches == 1 and trainer.gradient_clip_val == 0.5
+    assert trainer.num_sanity_val_steps == 0
+
+
+def test_any_trainer_argument_is_settable_without_plus(tmp_path):
+    trainer = _trainer_for(["trainer.max_time=00:00:02:00", "trainer.limit_train_batches=3",
+                            "trainer.gradient_clip_val=1.5", "trainer.max_steps=4"], tmp_path)
+    assert trainer.max_steps == 4 and trainer.val_check_interval == 4  # capped at the steps
+    assert trainer.gradient_clip_val == 1.5 and trainer.limit_train_batches == 3
+    (timer,) = [c for c in trainer.callbacks if type(c).__name__ == "Timer"]
+    assert timer._duration == 120
+    assert _trainer_for(["trainer.fast_dev_run=true"], tmp_path).fast_dev_run is True
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIGS / "debug").glob("*.yaml")))
+def test_every_debug_option_composes_onto_every_experiment_and_instantiates(option, tmp_path):
+    for experiment in EXPERIMENTS:
+        _trainer_for([f"experiment={experiment}", f"debug={option}", "trainer.accelerator=cpu"], tmp_path)
+    trainer = _trainer_for([f"debug={option}"], tmp_path)
+    expected = {"fdr": ("fast_dev_run", True), "overfit": ("overfit_batches", 4),
+                "profiler": ("profiler", "SimpleProfiler"), "tiny": ("max_steps", 7)}[option]
+    value = getattr(trainer, expected[0])
+    assert (type(value).__name__ if option == "profiler" else value) == expected[1]
+
+
+def test_debug_fdr_runs_the_quickstart_end_to_end_in_one_batch_per_stage(tmp_path):
+    cfg = compose_train(["experiment=quickstart", "debug=fdr", "logger=csv", "sampler.num_inference_steps=2",
+                         f"+output_dir={tmp_path}"])
+    metrics = train(cfg)
+    assert metrics["diffusion"]["steps"] == 1 and metrics["diffusion"]["final_images"] == 2
+    assert (tmp_path / "pipeline" / "model_index.json").exists()
+    assert not list(tmp_path.rglob("*.ckpt"))  # fast_dev_run writes no checkpoints
+
+
+def test_coco_debug_fdr_reaches_the_missing_data_message(tmp_path):
+    from vqdiffusion.data.robust import DatasetNotFoundError
+
+    cfg = compose_train(["experiment=coco", "debug=fdr", f"data.train.root={tmp_path / 'coco'}", "logger=csv",
+                         f"+output_dir={tmp_path / 'run'}"])
+    with pytest.raises(DatasetNotFoundError, match="annotations/captions_train2014.json"):
+        train(cfg)
 
 
 def test_coco_without_data_stops_with_the_layout_and_the_fix(tmp_path):

@@ -50,15 +50,19 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _trainer(cfg: DictConfig, out: Path, max_steps: int, val_every: int, callbacks: list) -> pl.Trainer:
+    """The ``trainer`` config instantiated for one stage: its ``max_steps`` and validation interval
+    unless the config sets them, the logger group, and the callbacks (the stage's, the callbacks
+    group's, the bad-sample report)."""
     logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
     if isinstance(logger, pl.loggers.WandbLogger):
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
-    return pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True), max_steps=max_steps, logger=logger,
+    steps = cfg.trainer.get("max_steps")
+    steps = max_steps if steps is None else steps
+    interval = cfg.trainer.get("val_check_interval")
+    return instantiate(
+        cfg.trainer, max_steps=steps, logger=logger,
         callbacks=[*callbacks, *_configured_callbacks(cfg, logger), BadSampleReport()],
-        val_check_interval=min(val_every, max_steps),
-        check_val_every_n_epoch=None,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=cfg.get("limit_val_batches", 1.0),
+        val_check_interval=min(val_every, steps) if interval is None else interval,
     )
 
 
@@ -243,7 +247,11 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
                        sampler.name, sampler.num_inference_steps, OmegaConf.to_container(sampler.options))
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                every_n_train_steps=hp.checkpoint_every_n_steps, save_top_k=-1)
-    callbacks = [grids, checkpoints, Throughput(out / "throughput.json")]
+    callbacks = [grids, Throughput(out / "throughput.json")]
+    # Lightning skips checkpoints under fast_dev_run except save_last's at the end of training: a
+    # one-batch last.ckpt that ckpt_path=last would then resume as if it were a real run.
+    if not cfg.trainer.get("fast_dev_run"):
+        callbacks.append(checkpoints)
     if cfg.get("stop_after_steps"):
         callbacks.append(StopAfterSteps(cfg.stop_after_steps))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, callbacks)
