@@ -96,7 +96,9 @@ def _trainer_for(overrides: list[str], tmp_path: Path):
     return _trainer(cfg, tmp_path, max_steps=7, val_every=5, callbacks=[])
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIGS / "trainer").glob("*.yaml")))
+# ids "trainer=gpu", not "gpu": a bare "gpu" keyword would mark the test as needing a GPU
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIGS / "trainer").glob("*.yaml")),
+                         ids=lambda option: f"trainer={option}")
 def test_every_trainer_option_instantiates_with_the_stage_steps(option, tmp_path):
     trainer = _trainer_for([f"trainer={option}", "trainer.accelerator=cpu"], tmp_path)
     assert trainer.max_steps == 7 and trainer.val_check_interval == 5
