@@ -40,6 +40,7 @@ RECIPES: dict[str, list[str]] = {
     "constant_tokenizer_lr": ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0"],
     "mlp4": ["model.mlp_ratio=4"],
     "d3600": ["diffusion_training.max_steps=3600"],
+    "d3700": ["diffusion_training.max_steps=3700"],
     "d5000": ["diffusion_training.max_steps=5000"],
     "tok400": ["tokenizer_training.max_steps=400"],
     "tok1000": ["tokenizer_training.max_steps=1000"],
