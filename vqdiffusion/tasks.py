@@ -21,7 +21,7 @@ from .lit.diffusion_module import DiffusionModule
 from .lit.tokenizer_module import TokenizerModule
 from .models.vqvae import VQVAE
 from .utils.atomic import atomic_write_bytes
-from .utils.images import make_grid, save_png, to_pil
+from .utils.images import make_grid, save_png, signed_to_pil
 
 __all__ = ["train", "run_dir"]
 
@@ -164,20 +164,21 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
     metrics = {"val_psnr_db": psnr, "codes_used": usage}
-    ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set)
-    if ceiling is not None:
-        metrics["reconstruction_faithfulness"] = ceiling
-        log.info("tokenizer: %.1f%% of validation images stay faithful to their caption through "
-                 "encode + decode (the ceiling of generated faithfulness)", 100 * ceiling)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # the one rank that writes metrics.json
         from .utils.atomic import atomic_directory
+
+        ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set)
+        if ceiling is not None:
+            metrics["reconstruction_faithfulness"] = ceiling
+            log.info("tokenizer: %.1f%% of validation images stay faithful to their caption through "
+                     "encode + decode (the ceiling of generated faithfulness)", 100 * ceiling)
 
         with atomic_directory(folder) as staging:
             frozen = _frozen_tokenizer(module.vqvae)
             save_module(frozen, vqvae_config_to_diffusers(frozen.config), staging)
             example = getattr(module, "example", None)
             if example is not None:
-                grid = to_pil((example.float() / 2 + 0.5).clamp(0, 1))
+                grid = signed_to_pil(example)
                 save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
             _write_json(staging / "metrics.json", metrics)
     # The other ranks go on to the diffusion stage, which reads this folder: wait until it is written.
@@ -204,8 +205,7 @@ def reconstruction_faithfulness(vqvae: VQVAE, dataset, count: int = 256, batch_s
         for begin in range(0, count, batch_size):
             items = [dataset[i] for i in range(begin, min(begin + batch_size, count))]
             images = torch.stack([item["image"] for item in items]).to(device)
-            decoded = vqvae.decode(vqvae.encode(images)).float().clamp(-1, 1)
-            for image, item in zip(to_pil(decoded / 2 + 0.5), items):
+            for image, item in zip(signed_to_pil(vqvae.decode(vqvae.encode(images))), items):
                 hits += bool(dataset.score(image, item["caption"]))
     finally:
         vqvae.train(was_training)
@@ -245,13 +245,12 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
     val = cfg.validation
     grids = SampleGrid(out / "samples", val.prompts, val.num_images, val.guidance_scale, val.truncation_rate,
                        sampler.name, sampler.num_inference_steps, OmegaConf.to_container(sampler.options))
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                               every_n_train_steps=hp.checkpoint_every_n_steps, save_top_k=-1)
     callbacks = [grids, Throughput(out / "throughput.json")]
     # Lightning skips checkpoints under fast_dev_run except save_last's at the end of training: a
     # one-batch last.ckpt that ckpt_path=last would then resume as if it were a real run.
     if not cfg.trainer.get("fast_dev_run"):
-        callbacks.append(checkpoints)
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=-1,
+                                                      every_n_train_steps=hp.checkpoint_every_n_steps))
     if cfg.get("stop_after_steps"):
         callbacks.append(StopAfterSteps(cfg.stop_after_steps))
     trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, callbacks)

@@ -209,9 +209,9 @@ def _tokenize(images: list[torch.Tensor], tokenizer) -> np.ndarray:
 
 
 def _encode(sample: dict, image_format: str) -> dict[str, bytes]:
-    from ..utils.images import to_pil
+    from ..utils.images import signed_to_pil
 
-    image = to_pil((sample["image"].unsqueeze(0).float() / 2 + 0.5).clamp(0, 1))[0]
+    image = signed_to_pil(sample["image"].unsqueeze(0))[0]
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG" if image_format == "jpg" else image_format.upper(), quality=95)
     label = sample.get("label", -1)

@@ -153,12 +153,11 @@ class TokenizerModule(pl.LightningModule):
             self.example = torch.cat([images[:8], recon[:8].clamp(-1, 1)])
 
     def configure_optimizers(self):
+        hp = self.hparams
         groups = [{"params": [p for p in self.vqvae.parameters() if p.requires_grad]}]
         if self.discriminator is not None:
-            groups.append({"params": list(self.discriminator.parameters()),
-                           "lr": self.hparams.disc_lr or self.hparams.lr})
-        optimizer = torch.optim.Adam(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        hp = self.hparams
+            groups.append({"params": list(self.discriminator.parameters()), "lr": hp.disc_lr or hp.lr})
+        optimizer = torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas))
         return {"optimizer": optimizer,
                 "lr_scheduler": lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps)}
 

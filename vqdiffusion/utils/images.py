@@ -12,13 +12,18 @@ from PIL import Image
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["indexed_png", "make_grid", "save_png", "to_pil"]
+__all__ = ["indexed_png", "make_grid", "save_png", "signed_to_pil", "to_pil"]
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [0, 1] -> PIL images (rounded like diffusers' ``numpy_to_pil``)."""
     array = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray((image * 255).round().astype("uint8")) for image in array]
+
+
+def signed_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] (dataset images, decoder outputs; clamped) -> PIL images."""
+    return to_pil((images.float() / 2 + 0.5).clamp(0, 1))
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None, padding: int = 2,
