@@ -33,33 +33,29 @@ from common import Results
 from eval_shapes import faithfulness
 
 # name -> overrides of experiment=quickstart
+# The former tokenizer recipe: 500 steps of batch 32 (the preset's is 1000 steps of batch 16).
+TOKENIZER_B32 = ["tokenizer_training.batch_size=32", "tokenizer_training.max_steps=500"]
+CONSTANT_TOKENIZER_LR = ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0"]
 RECIPES: dict[str, list[str]] = {
     "base": [],
-    "former_preset": ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0",
+    "tok_b32_d4000": [*TOKENIZER_B32, "diffusion_training.max_steps=4000"],
+    "former_preset": [*TOKENIZER_B32, "diffusion_training.max_steps=4000", *CONSTANT_TOKENIZER_LR,
                       "model.mlp_ratio=4"],
-    "constant_tokenizer_lr": ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0"],
     "mlp4": ["model.mlp_ratio=4"],
+    "d3000": ["diffusion_training.max_steps=3000"],
     "d3600": ["diffusion_training.max_steps=3600"],
-    "d3700": ["diffusion_training.max_steps=3700"],
-    "d5000": ["diffusion_training.max_steps=5000"],
-    "tok400": ["tokenizer_training.max_steps=400"],
-    "tok1000": ["tokenizer_training.max_steps=1000"],
+    "d4000": ["diffusion_training.max_steps=4000"],
+    "tok800": ["tokenizer_training.max_steps=800"],
+    "tok_b32": TOKENIZER_B32,
+    "tok_b32x1000": ["tokenizer_training.batch_size=32"],
+    "constant_tokenizer_lr": CONSTANT_TOKENIZER_LR,
     "tok_lr2e-3": ["tokenizer_training.lr=2.0e-3"],
-    "tok_b16": ["tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000"],
-    "tok_b16_d3400": ["tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000",
-                      "diffusion_training.max_steps=3400"],
-    "tok_b16_d3000": ["tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000",
-                      "diffusion_training.max_steps=3000"],
-    "tok_b16_800_d3400": ["tokenizer_training.batch_size=16", "tokenizer_training.max_steps=800",
-                          "diffusion_training.max_steps=3400"],
-    "tok_b16_d3600": ["tokenizer_training.batch_size=16", "tokenizer_training.max_steps=1000",
-                      "diffusion_training.max_steps=3600"],
     "tok_betas": ["tokenizer_training.betas=[0.9,0.99]"],
     "tok_wide": ["tokenizer.block_out_channels=[32,64,64]"],
     "codes64": ["tokenizer.num_vq_embeddings=64"],
     "codes256": ["tokenizer.num_vq_embeddings=256"],
     "singles": ["data.train.two_object_share=0.0"],
-    "batch32": ["data.batch_size=32", "diffusion_training.max_steps=2500"],
+    "batch32": ["data.batch_size=32", "diffusion_training.max_steps=1700"],
     "ema999": ["diffusion_training.ema_decay=0.999"],
     "diffusion_lr3e-3": ["diffusion_training.lr=3.0e-3"],
 }
