@@ -176,7 +176,7 @@ def test_the_ancestral_update_is_the_posterior_draw_with_the_same_uniforms():
     """The step math split out for torch.compile equals truncate -> posterior -> Gumbel-max."""
     from vqdiffusion.diffusion.guidance import truncate
     from vqdiffusion.diffusion.process import LOG_PROB_FLOOR, gumbel_argmax, q_posterior
-    from vqdiffusion.diffusion.samplers import ancestral_update
+    from vqdiffusion.diffusion.samplers.ancestral import ancestral_update
     from vqdiffusion.diffusion.schedule import NoiseSchedule
 
     schedule = NoiseSchedule(7)
@@ -214,8 +214,7 @@ def test_a_compiled_pipeline_draws_the_same_images_on_the_cpu():
 
 
 def test_truncate_fast_is_the_sort_based_truncation_where_no_kernel_runs():
-    from vqdiffusion.diffusion.guidance import truncate
-    from vqdiffusion.ops.truncation import truncate_fast
+    from vqdiffusion.diffusion.guidance import truncate, truncate_fast
 
     log_p = torch.randn(2, 9, 5).log_softmax(1)
     assert torch.equal(truncate_fast(log_p, 0.7), truncate(log_p, 0.7))
@@ -233,8 +232,8 @@ def _ambiguous_tokens(log_p: torch.Tensor, rate: float, tolerance: float = 1e-5)
 def test_truncation_kernel_keeps_what_the_sort_keeps():
     """The bisection kernel against the sort in float64, eager and inside torch.compile, both
     memory layouts; exact on a hand-made distribution with a tie at the boundary."""
-    from vqdiffusion.diffusion.guidance import truncate
-    from vqdiffusion.ops.truncation import truncate_fast, truncation_kernel_available
+    from vqdiffusion.diffusion.guidance import truncate, truncate_fast
+    from vqdiffusion.ops.truncation import truncation_kernel_available
 
     p = torch.tensor([0.5, 0.25, 0.125, 0.125], device="cuda")
     log_p = p.log()[None, :, None].repeat(1, 1, 3)  # (1, 4, 3)

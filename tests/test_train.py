@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fake_data import (
@@ -17,6 +18,8 @@ from fake_data import (
 )
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
+from safetensors.torch import load_file
 
 from vqdiffusion.tasks import train
 
@@ -25,18 +28,6 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 # Both stages at toy size (configs/debug/tiny.yaml), plus the CSV logger's offline files.
 TINY = ["debug=tiny"]
-
-
-@pytest.fixture(scope="session")
-def tiny_clip_folder(tmp_path_factory):
-    """A random CLIP text model + tokenizer saved like a hub folder (the paper presets' encoder)."""
-    from vqdiffusion.tiny import tiny_clip
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    model, tokenizer = tiny_clip()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _shards(root: Path) -> Path:
@@ -81,7 +72,7 @@ def test_every_experiment_composes_and_trains_both_stages(experiment, tmp_path, 
     if compose_train(overrides).condition.get("encoder") == "openai/clip-vit-base-patch32":
         overrides.append(f"condition.encoder={tiny_clip_folder}")  # offline: a tiny local CLIP
     tmp_path = tmp_path / "run"
-    cfg = compose_train([*overrides, f"+output_dir={tmp_path}"])
+    cfg = compose_train([*overrides, f"output_dir={tmp_path}"])
     metrics = train(cfg)
     assert metrics["diffusion"]["steps"] == 2
     assert (tmp_path / "pipeline" / "model_index.json").exists()
@@ -92,8 +83,8 @@ def test_every_experiment_composes_and_trains_both_stages(experiment, tmp_path, 
 def _trainer_for(overrides: list[str], tmp_path: Path):
     from vqdiffusion.tasks import _trainer
 
-    cfg = compose_train([*overrides, f"+output_dir={tmp_path}", "logger=csv"])
-    return _trainer(cfg, tmp_path, max_steps=7, val_every=5, callbacks=[])
+    cfg = compose_train([*overrides, f"output_dir={tmp_path}", "logger=csv"])
+    return _trainer(cfg, tmp_path, "diffusion", max_steps=7, val_every=5)
 
 
 # ids "trainer=gpu", not "gpu": a bare "gpu" keyword would mark the test as needing a GPU
@@ -129,7 +120,7 @@ def test_every_debug_option_composes_onto_every_experiment_and_instantiates(opti
 
 def test_debug_fdr_runs_the_quickstart_end_to_end_in_one_batch_per_stage(tmp_path):
     cfg = compose_train(["experiment=quickstart", "debug=fdr", "logger=csv", "sampler.num_inference_steps=2",
-                         f"+output_dir={tmp_path}"])
+                         f"output_dir={tmp_path}"])
     metrics = train(cfg)
     assert metrics["diffusion"]["steps"] == 1 and metrics["diffusion"]["final_images"] == 2
     assert (tmp_path / "pipeline" / "model_index.json").exists()
@@ -140,7 +131,7 @@ def test_coco_debug_fdr_reaches_the_missing_data_message(tmp_path):
     from vqdiffusion.data.robust import DatasetNotFoundError
 
     cfg = compose_train(["experiment=coco", "debug=fdr", f"data.train.root={tmp_path / 'coco'}", "logger=csv",
-                         f"+output_dir={tmp_path / 'run'}"])
+                         f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(DatasetNotFoundError, match="annotations/captions_train2014.json"):
         train(cfg)
 
@@ -201,38 +192,95 @@ def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
     base = [*TINY, "trainer.log_every_n_steps=1", "diffusion_training.val_every_n_steps=1000",
             "diffusion_training.checkpoint_every_n_steps=20", "diffusion_training.ema_every=1"]
     tokenizer_run = tmp_path / "tok"
-    train(compose_train([*base, "stage=tokenizer", f"+output_dir={tokenizer_run}"]))
+    train(compose_train([*base, "stage=tokenizer", f"output_dir={tokenizer_run}"]))
     diffusion = [*base, "stage=diffusion", f"tokenizer_checkpoint={tokenizer_run}"]
 
     full = tmp_path / "full"
-    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"+output_dir={full}"]))
+    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={full}"]))
     first = tmp_path / "first"
-    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"+output_dir={first}",
+    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={first}",
                          "stop_after_steps=20"]))
-    checkpoint = next((first / "checkpoints").glob("*step=20.ckpt"))
+    checkpoint = first / "checkpoints" / "step_0000020.ckpt"
     resumed = tmp_path / "resumed"
-    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"+output_dir={resumed}",
-                         f"ckpt_path='{checkpoint}'"]))
+    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={resumed}",
+                         f"ckpt_path={checkpoint}"]))  # the name needs no quoting
 
     expected, got = read_losses(full), read_losses(resumed)
     steps = list(range(20, 40))
     assert all(step in expected and step in got for step in steps), (sorted(expected), sorted(got))
     assert [got[s] for s in steps] == [expected[s] for s in steps]
-    assert torch.load(checkpoint, weights_only=False)["global_step"] == 20
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
+    # The EMA too: the checkpoint holds its step's update, so the resumed run applies every one.
+    for name in ("transformer", "learned_classifier_free_sampling_embeddings"):
+        full_weights = load_file(next((full / "pipeline" / name).glob("*.safetensors")))
+        resumed_weights = load_file(next((resumed / "pipeline" / name).glob("*.safetensors")))
+        assert full_weights.keys() == resumed_weights.keys()
+        assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights), name
+
+
+@pytest.mark.parametrize("steps, ema_is_live", [(1, False), (2, True)])
+def test_the_first_ema_update_copies_the_weights_at_step_ema_every(steps, ema_is_live, tmp_path):
+    """ema_every=2: nothing after step 1 (the EMA is still the initial weights), a copy after
+    step 2, and the checkpoint of that step holds it (an update counted from 0 fails both)."""
+    train(compose_train([*TINY, f"diffusion_training.max_steps={steps}", "diffusion_training.ema_every=2",
+                         "diffusion_training.checkpoint_every_n_steps=1", f"output_dir={tmp_path}"]))
+    state = torch.load(tmp_path / "checkpoints" / f"step_{steps:07d}.ckpt", weights_only=True)["state_dict"]
+    live = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+    ema = {k.removeprefix("ema_transformer."): v for k, v in state.items() if k.startswith("ema_transformer.")}
+    assert live.keys() == ema.keys()
+    assert all(torch.equal(live[k], ema[k]) for k in live) == ema_is_live
+
+
+def test_a_training_checkpoint_samples_as_the_pipeline_exported_from_its_weights(tmp_path):
+    from vqdiffusion import VQDiffusionPipeline
+
+    run = tmp_path / "run"
+    # Stopped mid-training: the pipeline folder is exported from the same weights as the checkpoint.
+    train(compose_train([*TINY, "diffusion_training.max_steps=6", "diffusion_training.checkpoint_every_n_steps=3",
+                         "diffusion_training.ema_every=1", "diffusion_training.val_every_n_steps=1000",
+                         "stop_after_steps=3", f"output_dir={run}"]))
+    checkpoint = run / "checkpoints" / "step_0000003.ckpt"
+
+    def images(pipe, seed=0):
+        pipe.progress = False
+        return pipe("a red circle", num_inference_steps=4, num_images_per_prompt=3, guidance_scale=2.0,
+                    generator=torch.Generator().manual_seed(seed), output_type="pt").images
+
+    exported = images(VQDiffusionPipeline.from_pretrained(run / "pipeline"))
+    torch.testing.assert_close(images(VQDiffusionPipeline.from_pretrained(checkpoint)), exported, rtol=0, atol=0)
+    raw = VQDiffusionPipeline.from_pretrained(checkpoint, ema=False)
+    ema = VQDiffusionPipeline.from_pretrained(checkpoint)
+    assert any(not torch.equal(a, b) for a, b in zip(raw.transformer.parameters(), ema.transformer.parameters()))
+    # sample.py takes the checkpoint as it takes a run folder, and draws the same images
+    def sample_folder(checkpoint, out):
+        from vqdiffusion.sampling import sample
+
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            sample(compose("sample", overrides=[f"checkpoint={checkpoint}", "prompt=a red circle", "n=2",
+                                                "sampler.num_inference_steps=3", f"output_dir={out}"]))
+        return [torch.from_numpy(np.asarray(Image.open(p))) for p in sorted(out.glob("*.png")) if p.stem.isdigit()]
+
+    from_checkpoint, from_run = sample_folder(checkpoint, tmp_path / "a"), sample_folder(run, tmp_path / "b")
+    assert len(from_checkpoint) == 2 and all(torch.equal(a, b) for a, b in zip(from_checkpoint, from_run))
+    with pytest.raises(ValueError, match="apply to training checkpoints"):
+        VQDiffusionPipeline.from_pretrained(run / "pipeline", ema=False)
+    with pytest.raises(ValueError, match="not a diffusion-stage checkpoint"):
+        torch.save({"state_dict": {}, "hyper_parameters": {"vqvae": {}}}, tmp_path / "tokenizer.ckpt")
+        VQDiffusionPipeline.from_pretrained(tmp_path / "tokenizer.ckpt")
 
 
 def test_stage_diffusion_without_tokenizer_says_what_to_pass(tmp_path):
     with pytest.raises(ValueError, match="stage=diffusion needs tokenizer_checkpoint="):
-        train(compose_train([*TINY, "stage=diffusion", f"+output_dir={tmp_path}"]))
+        train(compose_train([*TINY, "stage=diffusion", f"output_dir={tmp_path}"]))
 
 
 def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path):
     base = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.checkpoint_every_n_steps=3",
             "diffusion_training.val_every_n_steps=1000"]
-    train(compose_train([*base, f"+output_dir={tmp_path / 'first'}", "stop_after_steps=3"]))
-    metrics = train(compose_train([*base, f"+output_dir={tmp_path / 'second'}", "ckpt_path=last"]))
+    train(compose_train([*base, f"output_dir={tmp_path / 'first'}", "stop_after_steps=3"]))
+    metrics = train(compose_train([*base, f"output_dir={tmp_path / 'second'}", "ckpt_path=last"]))
     assert "tokenizer" not in metrics  # reused from the first run, not retrained
     assert not (tmp_path / "second" / "tokenizer").exists()
     assert metrics["diffusion"]["steps"] == 6
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
-        train(compose_train([*base, f"+output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))
+        train(compose_train([*base, f"output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))

@@ -60,7 +60,7 @@ class VQDiffusionPipeline:
         text_encoder: for text models: tokenizer + frozen text model.
         null_embedding: the learned "empty prompt" for guidance (text models); when absent or not
             learnable, the empty prompt's encoding is used.
-        sampler: default sampler (a name in ``SAMPLERS``, ``"diffusers"``, or an object).
+        sampler: default sampler (a name in ``SAMPLERS``, e.g. ``"ancestral"``, or an object).
     """
 
     def __init__(
@@ -95,12 +95,28 @@ class VQDiffusionPipeline:
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(
-        cls, path_or_repo_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, **kwargs
+        cls, path_or_repo_id: str | os.PathLike, torch_dtype: torch.dtype | None = None, *,
+        ema: bool | None = None, text_encoder: str | None = None, **kwargs
     ) -> VQDiffusionPipeline:
-        """Load a diffusers-format folder or hub id (e.g. ``microsoft/vq-diffusion-ithq``)."""
-        from .convert.diffusers_format import load_pipeline_components
+        """Load a diffusers-format folder, a hub id (e.g. ``microsoft/vq-diffusion-ithq``) or a
+        training checkpoint of the diffusion stage (``checkpoints/step_0001000.ckpt``).
 
-        pipe = cls(**load_pipeline_components(path_or_repo_id), **kwargs)
+        For a checkpoint, ``ema`` (default True) picks the EMA weights, False the optimiser's,
+        and ``text_encoder`` replaces the text encoder path recorded in it.
+        """
+        from .convert.lightning_checkpoint import is_training_checkpoint, load_checkpoint_components
+
+        if is_training_checkpoint(path_or_repo_id):
+            components = load_checkpoint_components(path_or_repo_id, ema=True if ema is None else ema,
+                                                     text_encoder=text_encoder)
+        else:
+            if ema is not None or text_encoder is not None:
+                raise ValueError(f"ema and text_encoder apply to training checkpoints (.ckpt files); "
+                                 f"{str(path_or_repo_id)!r} is not one")
+            from .convert.diffusers_format import load_pipeline_components
+
+            components = load_pipeline_components(path_or_repo_id)
+        pipe = cls(**components, **kwargs)
         return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -111,7 +127,14 @@ class VQDiffusionPipeline:
             raise ValueError("this pipeline's linears were converted to FP8 by optimize(fp8=True) and no longer hold "
                              "the original weights: save the pipeline before optimizing it")
 
-        save_pipeline(self, directory)
+        save_pipeline(directory, **self.components)
+
+    @property
+    def components(self) -> dict:
+        """The modules and schedule this pipeline was built from: ``type(pipe)(**pipe.components)``
+        builds another pipeline sharing them (as in diffusers)."""
+        return {"vqvae": self.vqvae, "transformer": self.transformer, "schedule": self.schedule,
+                "text_encoder": self.text_encoder, "null_embedding": self.null_embedding}
 
     @property
     def device(self) -> torch.device:

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from .convert.lightning_checkpoint import is_training_checkpoint
 from .pipeline import SpeedSettings, VQDiffusionPipeline
 from .utils.atomic import atomic_write_bytes
 from .utils.images import indexed_png, make_grid, save_png
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_pipeline(checkpoint: str, device: str = "auto", dtype: str = "float32") -> VQDiffusionPipeline:
-    """A pipeline from a pipeline folder, a training run folder (its ``pipeline/``) or a hub id."""
+def load_pipeline(checkpoint: str, device: str = "auto", dtype: str = "float32",
+                  ema: bool = True) -> VQDiffusionPipeline:
+    """A pipeline from a pipeline folder, a training run folder (its ``pipeline/``), a training
+    checkpoint (``.ckpt``: its EMA weights, or the optimiser's with ``ema=False``) or a hub id."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = Path(checkpoint)
@@ -42,10 +45,12 @@ def load_pipeline(checkpoint: str, device: str = "auto", dtype: str = "float32")
                                     f"training run folder (no pipeline/model_index.json)")
     elif not path.exists() and str(checkpoint).count("/") != 1:
         raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist (expected a pipeline folder, a run "
-                                f"folder or a hub id 'owner/name')")
+                                f"folder, a training checkpoint .ckpt or a hub id 'owner/name')")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return VQDiffusionPipeline.from_pretrained(path if path.exists() else checkpoint).to(device, DTYPES[dtype])
+    options = {"ema": ema} if is_training_checkpoint(path) else {}
+    pipe = VQDiffusionPipeline.from_pretrained(path if path.exists() else checkpoint, **options)
+    return pipe.to(device, DTYPES[dtype])
 
 
 def job_items(cfg: DictConfig, pipe: VQDiffusionPipeline) -> list[dict]:
@@ -152,7 +157,7 @@ def sample(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype)
+    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype, ema=cfg.ema)
     speed = _speed_settings(cfg)
     if speed:
         pipe.optimize(**speed)
@@ -162,6 +167,7 @@ def sample(cfg: DictConfig) -> Path:
     log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
     settings = {"sampler": cfg.sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
+                **({"ema": bool(cfg.ema)} if str(cfg.checkpoint).endswith(".ckpt") else {}),
                 **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
     from tqdm.auto import tqdm
 

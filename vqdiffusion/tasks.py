@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
 from .convert.state_dict import load_checked
 from .data.robust import DatasetNotFoundError
-from .lit.callbacks import BadSampleReport, SampleGrid, StopAfterSteps, Throughput, grid_columns, sample_for_validation
+from .lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
 from .lit.diffusion_module import DiffusionModule
 from .lit.tokenizer_module import TokenizerModule
 from .models.vqvae import VQVAE
@@ -30,12 +30,8 @@ STAGES = ("tokenizer", "diffusion", "all")
 
 
 def run_dir(cfg: DictConfig) -> Path:
-    """The folder of this run (Hydra's output folder, or ``cfg.output_dir`` outside Hydra)."""
-    if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
+    """The folder of this run: ``cfg.output_dir`` (Hydra's run folder unless set)."""
+    return Path(cfg.output_dir)
 
 
 def _is_global_zero() -> bool:
@@ -49,10 +45,10 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, default=float) + "\n").encode())
 
 
-def _trainer(cfg: DictConfig, out: Path, max_steps: int, val_every: int, callbacks: list) -> pl.Trainer:
+def _trainer(cfg: DictConfig, out: Path, stage: str, max_steps: int, val_every: int,
+             callbacks: list[pl.Callback] = ()) -> pl.Trainer:
     """The ``trainer`` config instantiated for one stage: its ``max_steps`` and validation interval
-    unless the config sets them, the logger group, and the callbacks (the stage's, the callbacks
-    group's, the bad-sample report)."""
+    unless the config sets them, the logger group, the stage's callbacks group and ``callbacks``."""
     logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
     if isinstance(logger, pl.loggers.WandbLogger):
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
@@ -60,16 +56,20 @@ def _trainer(cfg: DictConfig, out: Path, max_steps: int, val_every: int, callbac
     steps = max_steps if steps is None else steps
     interval = cfg.trainer.get("val_check_interval")
     return instantiate(
-        cfg.trainer, max_steps=steps, logger=logger,
-        callbacks=[*callbacks, *_configured_callbacks(cfg, logger), BadSampleReport()],
+        cfg.trainer, max_steps=steps, logger=logger, callbacks=[*stage_callbacks(cfg, stage, logger), *callbacks],
         val_check_interval=min(val_every, steps) if interval is None else interval,
     )
 
 
-def _configured_callbacks(cfg: DictConfig, logger) -> list[pl.Callback]:
-    """The ``callbacks`` config group, instantiated (LR monitors need a logger, so none without)."""
-    built = [instantiate(spec) for spec in (cfg.get("callbacks") or {}).values()]
-    return [c for c in built if logger or not isinstance(c, pl.callbacks.LearningRateMonitor)]
+def stage_callbacks(cfg: DictConfig, stage: str, logger=None) -> list[pl.Callback]:
+    """``callbacks.<stage>`` instantiated; without a logger no LR monitor (it needs one), and under
+    ``fast_dev_run`` no checkpoint: Lightning would still write save_last's one-batch last.ckpt,
+    which ``ckpt_path=last`` would then resume as if it were a real run."""
+    specs = (cfg.get("callbacks") or {}).get(stage) or {}
+    built = [instantiate(spec, _convert_="all") for spec in specs.values()]
+    dropped = (() if logger else (pl.callbacks.LearningRateMonitor,)) + (
+        (pl.callbacks.ModelCheckpoint,) if cfg.trainer.get("fast_dev_run") else ())
+    return [callback for callback in built if not isinstance(callback, dropped)]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -154,7 +154,7 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"),
         lpips_vgg=hp.get("lpips_vgg"), lpips_lin=hp.get("lpips_lin"), lr_schedule=hp.lr_schedule,
         warmup_steps=hp.warmup_steps, max_steps=hp.max_steps)
-    trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, [])
+    trainer = _trainer(cfg, out, "tokenizer", hp.max_steps, hp.val_every_n_steps)
     shared_batch = datamodule.batch_size
     datamodule.batch_size = hp.get("batch_size") or shared_batch  # the stage may use its own batch
     try:
@@ -241,19 +241,8 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         seed=cfg.seed, compile=hp.get("compile", False), bf16_residual=hp.get("bf16_residual", True),
     )
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
-    sampler = cfg.sampler
-    val = cfg.validation
-    grids = SampleGrid(out / "samples", val.prompts, val.num_images, val.guidance_scale, val.truncation_rate,
-                       sampler.name, sampler.num_inference_steps, OmegaConf.to_container(sampler.options))
-    callbacks = [grids, Throughput(out / "throughput.json")]
-    # Lightning skips checkpoints under fast_dev_run except save_last's at the end of training: a
-    # one-batch last.ckpt that ckpt_path=last would then resume as if it were a real run.
-    if not cfg.trainer.get("fast_dev_run"):
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=-1,
-                                                      every_n_train_steps=hp.checkpoint_every_n_steps))
-    if cfg.get("stop_after_steps"):
-        callbacks.append(StopAfterSteps(cfg.stop_after_steps))
-    trainer = _trainer(cfg, out, hp.max_steps, hp.val_every_n_steps, callbacks)
+    callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.get("stop_after_steps") else []
+    trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks)
     trainer.fit(module, datamodule, ckpt_path=resume)
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
 from ..diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ..models.conditioning import LearnedNullEmbedding, TextEncoder
 from ..models.transformer import TransformerConfig, VQDiffusionTransformer
 from ..models.vqvae import VQVAE, VQVAEConfig
+from ..version import __version__
 from .state_dict import load_checked
 
 __all__ = ["load_pipeline_components", "save_pipeline", "resolve_folder", "DIFFUSERS_VERSION"]
@@ -222,19 +222,22 @@ def save_module(module: torch.nn.Module, config: dict, folder: Path, config_name
     save_file(state, folder / WEIGHT_FILES[0])
 
 
-def save_pipeline(pipe, directory: str | os.PathLike) -> None:
-    """Write ``pipe`` as a diffusers-format folder (written to a temporary name, then renamed)."""
+def save_pipeline(directory: str | os.PathLike, vqvae: VQVAE, transformer: VQDiffusionTransformer,
+                  schedule: NoiseSchedule, text_encoder: TextEncoder | None = None,
+                  null_embedding: LearnedNullEmbedding | None = None) -> None:
+    """Write a pipeline's components (``pipe.components``) as a diffusers-format folder
+    (written to a temporary name, then renamed)."""
     from ..utils.atomic import atomic_directory
 
     with atomic_directory(directory) as root:
-        save_module(pipe.vqvae, vqvae_config_to_diffusers(pipe.vqvae.config), root / "vqvae")
-        save_module(pipe.transformer, transformer_config_to_folder(pipe.transformer.config), root / "transformer")
-        schedule = pipe.schedule.config
+        save_module(vqvae, vqvae_config_to_diffusers(vqvae.config), root / "vqvae")
+        save_module(transformer, transformer_config_to_folder(transformer.config), root / "transformer")
+        settings = schedule.config
         scheduler = {
             "_class_name": "VQDiffusionScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-            "num_vec_classes": pipe.schedule.num_codes + 1, "num_train_timesteps": schedule.num_timesteps,
-            "alpha_cum_start": schedule.alpha_cum_start, "alpha_cum_end": schedule.alpha_cum_end,
-            "gamma_cum_start": schedule.gamma_cum_start, "gamma_cum_end": schedule.gamma_cum_end,
+            "num_vec_classes": schedule.num_codes + 1, "num_train_timesteps": settings.num_timesteps,
+            "alpha_cum_start": settings.alpha_cum_start, "alpha_cum_end": settings.alpha_cum_end,
+            "gamma_cum_start": settings.gamma_cum_start, "gamma_cum_end": settings.gamma_cum_end,
         }
         (root / "scheduler").mkdir()
         (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
@@ -246,12 +249,12 @@ def save_pipeline(pipe, directory: str | os.PathLike) -> None:
                             transformer_class],
             "scheduler": ["diffusers", "VQDiffusionScheduler"],
         }
-        if pipe.text_encoder is not None:
-            pipe.text_encoder.model.save_pretrained(root / "text_encoder")
-            pipe.text_encoder.tokenizer.save_pretrained(root / "tokenizer")
-            index["text_encoder"] = ["transformers", type(pipe.text_encoder.model).__name__]
-            index["tokenizer"] = ["transformers", type(pipe.text_encoder.tokenizer).__name__]
-            null = pipe.null_embedding or LearnedNullEmbedding(learnable=False)
+        if text_encoder is not None:
+            text_encoder.model.save_pretrained(root / "text_encoder")
+            text_encoder.tokenizer.save_pretrained(root / "tokenizer")
+            index["text_encoder"] = ["transformers", type(text_encoder.model).__name__]
+            index["tokenizer"] = ["transformers", type(text_encoder.tokenizer).__name__]
+            null = null_embedding or LearnedNullEmbedding(learnable=False)
             shape = null.embeddings.shape if null.learnable else (None, None)
             save_module(null, {
                 "_class_name": "LearnedClassifierFreeSamplingEmbeddings", "_diffusers_version": DIFFUSERS_VERSION,

@@ -48,12 +48,13 @@ from ..diffusion.schedule import NoiseSchedule
 from ..models.conditioning import LearnedNullEmbedding, TextEncoder
 from ..models.transformer import TransformerConfig, VQDiffusionTransformer
 from ..models.vqvae import VQVAE, VQVAEConfig
+from .diffusers_format import save_pipeline
 from .state_dict import load_checked
 
 __all__ = [
     "transformer_from_original",
     "vqvae_from_original",
-    "convert_original_pipeline",
+    "original_components",
 ]
 
 TRANSFORMER_PREFIX = "transformer.transformer."
@@ -204,22 +205,22 @@ def vqvae_from_original(checkpoint: dict) -> VQVAE:
     return load_checked(VQVAE(config), ours, "original VQ-VAE").eval()
 
 
-def convert_original_pipeline(
+def original_components(
     transformer_checkpoint: str | Path,
     vqvae_checkpoint: str | Path,
     text_encoder: str = "openai/clip-vit-base-patch32",
     num_heads: int = 16,
     use_ema: bool = True,
-):
-    """A VQDiffusionPipeline from the two original ``.pth`` files and a CLIP text model."""
-    from ..pipeline import VQDiffusionPipeline
-
+) -> dict:
+    """Components for ``VQDiffusionPipeline(**components)`` from the two original ``.pth`` files
+    and a CLIP text model."""
     load = lambda path: torch.load(path, map_location="cpu", weights_only=False)  # noqa: E731
     transformer, null = transformer_from_original(load(transformer_checkpoint), num_heads, use_ema)
     vqvae = vqvae_from_original(load(vqvae_checkpoint))
     encoder = TextEncoder.from_pretrained(text_encoder)
     schedule = NoiseSchedule(transformer.config.num_embeds)  # all published models: the released preset
-    return VQDiffusionPipeline(vqvae, transformer, schedule, text_encoder=encoder, null_embedding=null)
+    return {"vqvae": vqvae, "transformer": transformer, "schedule": schedule, "text_encoder": encoder,
+            "null_embedding": null}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
     parser.add_argument("--out", required=True, help="output folder (diffusers format)")
     args = parser.parse_args(argv)
-    pipe = convert_original_pipeline(args.checkpoint, args.vqvae, args.text_encoder, args.num_heads, not args.no_ema)
-    pipe.save_pretrained(args.out)
+    save_pipeline(args.out, **original_components(args.checkpoint, args.vqvae, args.text_encoder, args.num_heads,
+                                                  not args.no_ema))
     print(f"wrote {args.out}")
 
 

@@ -113,7 +113,8 @@ class NoiseSchedule(nn.Module):
             raise ValueError(f"num_timesteps must be >= 2, got {config.num_timesteps}")
         self.num_codes = num_codes
         self.config = config
-        tables = _transition_tables(num_codes, config)
+        with torch.device("cpu"):  # float64 on the CPU whatever the default device (meta, cuda); .to() moves them
+            tables = _transition_tables(num_codes, config)
         for name, table in tables.items():
             self.register_buffer(name, table.float(), persistent=False)
 

@@ -12,11 +12,9 @@ import copy
 import pytorch_lightning as pl
 import torch
 
+from ..components import build_components
 from ..diffusion.loss import DiffusionLoss, LossConfig
-from ..diffusion.schedule import NoiseSchedule, ScheduleConfig, model_timestep
-from ..models.conditioning import CachedTextEncoder, LearnedNullEmbedding
-from ..models.transformer import TransformerConfig, VQDiffusionTransformer
-from ..models.vqvae import VQVAE, VQVAEConfig
+from ..diffusion.schedule import model_timestep
 from ..pipeline import VQDiffusionPipeline
 from ..utils.optim import clip_grad_norm_in_step, folds_clipping
 from .schedules import LR_SCHEDULES, lr_scheduler_config
@@ -77,35 +75,18 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if not 0 <= caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
-        self.tokenizer = VQVAE(VQVAEConfig(**tokenizer)).eval().requires_grad_(False)
-        kind = condition.get("kind", "text")
-        if kind not in ("text", "class", "none"):
-            raise ValueError(f"condition.kind must be 'text', 'class' or 'none', got {kind!r}")
-        self.kind = kind
-        context_dim = num_classes = None
+        parts = build_components(transformer, tokenizer, condition, schedule)
+        self.tokenizer = parts["vqvae"].eval().requires_grad_(False)
+        self.kind = condition.get("kind", "text")
         # Not registered as a submodule: frozen, re-loaded from its path, kept out of checkpoints.
-        object.__setattr__(self, "text_encoder", None)
-        if kind == "text":
-            object.__setattr__(self, "text_encoder", CachedTextEncoder.from_pretrained(
-                condition["encoder"], max_length=condition.get("max_length")))
-            context_dim = self.text_encoder.width
-            self.null_embedding = LearnedNullEmbedding(self.text_encoder.max_length, context_dim)
-        elif kind == "class":
-            num_classes = condition["num_classes"]
-        schedule = dict(schedule or {})
-        preset = schedule.pop("preset", None)
-        schedule_config = ScheduleConfig.preset(preset, **schedule) if preset else ScheduleConfig(**schedule)
-        grid = self.tokenizer.config.sample_size // self.tokenizer.config.downsample_factor
-        config = TransformerConfig(**{
-            "height": grid, "width": grid, **transformer, "num_embeds": self.tokenizer.num_codes,
-            "context_dim": context_dim, "num_classes": num_classes, "num_timesteps": schedule_config.num_timesteps,
-        })
-        self.transformer = VQDiffusionTransformer(config)
+        object.__setattr__(self, "text_encoder", parts["text_encoder"])
+        if self.kind == "text":
+            self.null_embedding = parts["null_embedding"]
+        self.transformer = parts["transformer"]
         self.transformer.residual_in_autocast_dtype = bf16_residual
-        self.schedule = NoiseSchedule(self.tokenizer.num_codes, schedule_config)
+        self.schedule = parts["schedule"]
         self.loss = DiffusionLoss(self.schedule, LossConfig(**(loss or {})))
         self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
-        self._ema_seen_step: int | None = None  # the optimiser step the EMA last saw (on_train_batch_end)
         if compile:
             # Each block in place (nn.Module.compile): parameter names and checkpoints stay as they
             # are, and the blocks share one compiled graph, so the compile costs one block's time
@@ -114,7 +95,7 @@ class DiffusionModule(pl.LightningModule):
             for block in self.transformer.transformer_blocks:
                 block.compile()
             self.loss.compile_math = True  # the closed-form loss math after the network (with gradients)
-        if kind == "text":
+        if self.kind == "text":
             self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
 
     def on_fit_start(self) -> None:
@@ -193,26 +174,27 @@ class DiffusionModule(pl.LightningModule):
             return True
         return bool(connector.should_update_logs) or self.global_step + 1 >= trainer.max_steps > 0
 
-    def on_train_start(self) -> None:
-        self._ema_seen_step = self.global_step  # a resumed run's last step already updated the EMA
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: Lightning runs the callbacks' hooks (the
+        # checkpoint's among them) before the module's, so a checkpoint written at this step
+        # would miss this step's EMA update and a resumed run would drift from an uninterrupted
+        # one. This hook runs once per optimiser step, whatever accumulate_grad_batches is, and
+        # before Lightning counts the step: global_step is still the number of earlier steps.
+        self.update_ema(self.global_step + 1)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # Once per optimiser step: with accumulate_grad_batches > 1 the step count stays put over
-        # the batches between two steps, and updating on each would apply the decay again to the
-        # same weights.
-        step = self.global_step
-        if step == self._ema_seen_step:
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """After optimiser step ``step`` (1-based): move the EMA weights toward the live ones
+        when ``step`` is a multiple of ``ema_every`` (the first such update copies them)."""
+        if step % self.hparams.ema_every:
             return
-        self._ema_seen_step = step
-        if step % self.hparams.ema_every == 0:
-            decay = 0.0 if step <= self.hparams.ema_every else self.hparams.ema_decay
-            pairs = [(self.ema_transformer, self.transformer)]
-            if self.kind == "text":
-                pairs.append((self.ema_null_embedding, self.null_embedding))
-            with torch.no_grad():
-                for ema, live in pairs:  # one multi-tensor kernel per module, not one per parameter
-                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()],
-                                         1 - decay)
+        decay = 0.0 if step <= self.hparams.ema_every else self.hparams.ema_decay
+        pairs = [(self.ema_transformer, self.transformer)]
+        if self.kind == "text":
+            pairs.append((self.ema_null_embedding, self.null_embedding))
+        for ema, live in pairs:  # one multi-tensor kernel per module, not one per parameter
+            torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()], 1 - decay)
 
     def configure_optimizers(self):
         hp = self.hparams

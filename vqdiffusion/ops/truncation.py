@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["truncate_fast", "truncation_kernel_available"]
+__all__ = ["truncate_by_mass", "truncation_kernel_available"]
 
 MAX_CLASSES = 32768  # the K values of one token live in registers
 
@@ -34,13 +34,9 @@ def truncation_kernel_available(log_p: torch.Tensor) -> bool:
             and log_p.shape[1] <= MAX_CLASSES)
 
 
-def truncate_fast(log_p: torch.Tensor, rate: float) -> torch.Tensor:
-    """:func:`~vqdiffusion.diffusion.guidance.truncate` by the bisection kernel on a CUDA float32
-    (B, K, N) input, by the sort otherwise."""
-    if rate >= 1 or not truncation_kernel_available(log_p):
-        from ..diffusion.guidance import truncate  # not at the top: diffusion's samplers import this module
-
-        return truncate(log_p, rate)
+def truncate_by_mass(log_p: torch.Tensor, rate: float) -> torch.Tensor:
+    """The bisection kernel on a (B, K, N) input for which :func:`truncation_kernel_available`
+    holds: -inf outside the kept classes."""
     return torch.ops.vqdiffusion.truncate_by_mass(log_p, float(rate))
 
 

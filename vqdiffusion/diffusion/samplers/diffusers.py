@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from ..utils.compiled import begin_graph_step
-from .loss import LogPX0Fn
-from .process import LOG_PROB_FLOOR
-from .samplers import EditSpec, Sampler, StepCallback
-from .schedule import NoiseSchedule
+from ...utils.compiled import begin_graph_step
+from ..loss import LogPX0Fn
+from ..process import LOG_PROB_FLOOR
+from ..schedule import NoiseSchedule
+from .base import EditSpec, Sampler, StepCallback
 
 __all__ = ["DiffusersSampler"]
 

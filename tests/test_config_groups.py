@@ -1,0 +1,124 @@
+"""Every option of every config group builds the object it describes.
+
+A typo in a key, a value the class refuses or a missing ``_target_`` fails here, not hours into
+a run. Large models are built on the meta device (shapes only, no memory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from vqdiffusion.components import build_components, schedule_config
+from vqdiffusion.data.robust import DatasetNotFoundError
+from vqdiffusion.diffusion.samplers import Sampler, make_sampler
+from vqdiffusion.diffusion.schedule import NoiseSchedule
+from vqdiffusion.models.vqvae import VQVAE, VQVAEConfig
+from vqdiffusion.tasks import build_datamodule, stage_callbacks
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def test_every_group_of_the_train_config_is_covered_here():
+    covered = {"data", "tokenizer", "model", "condition", "schedule", "sampler", "logger", "callbacks",
+               "trainer", "debug", "experiment"}  # trainer, debug, experiment: tests/test_train.py
+    groups = {p.name for p in CONFIGS.iterdir() if p.is_dir()} - {"protocol"}  # protocol: sample.py's
+    assert groups == covered
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_every_data_option_builds_or_says_where_the_data_goes(option, tmp_path):
+    cfg = compose_train([f"data={option}", f"output_dir={tmp_path}", f"data.train.root={tmp_path / 'none'}"]
+                        if "root" in compose_train([f"data={option}"]).data.train else
+                        [f"data={option}", f"output_dir={tmp_path}"])
+    try:
+        datamodule = build_datamodule(cfg)
+    except DatasetNotFoundError as error:  # the files are not here: the error says how to get them
+        assert str(tmp_path / "none") in str(error) or "prepare" in str(error).lower(), str(error)
+        return
+    assert isinstance(datamodule, pl.LightningDataModule)
+
+
+@pytest.mark.parametrize("option", options("tokenizer"))
+def test_every_tokenizer_option_builds_its_vqvae(option):
+    config = plain(compose_train([f"tokenizer={option}"]).tokenizer)
+    with torch.device("meta"):
+        vqvae = VQVAE(VQVAEConfig(**config))
+    assert vqvae.num_codes == config["num_vq_embeddings"]
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_option_builds_its_transformer(option):
+    cfg = compose_train([f"model={option}", "condition=class", "condition.num_classes=10"])
+    with torch.device("meta"):
+        parts = build_components(plain(cfg.model), plain(cfg.tokenizer), plain(cfg.condition), plain(cfg.schedule))
+    config = parts["transformer"].config
+    assert (config.num_layers, config.num_heads) == (cfg.model.num_layers, cfg.model.num_heads)
+
+
+@pytest.mark.parametrize("option", options("condition"))
+def test_every_condition_option_builds_its_components(option, tiny_clip_folder):
+    cfg = compose_train([f"condition={option}", "model.num_layers=1"])
+    condition = plain(cfg.condition)
+    if condition.get("encoder") == "openai/clip-vit-base-patch32":
+        condition["encoder"] = str(tiny_clip_folder)  # offline: a tiny local CLIP of the same kind
+    if condition.get("kind") == "class":
+        condition["num_classes"] = condition.get("num_classes") or 10
+    parts = build_components(plain(cfg.model), plain(cfg.tokenizer), condition, plain(cfg.schedule))
+    kind = condition["kind"]
+    assert (parts["text_encoder"] is not None) == (kind == "text")
+    assert (parts["transformer"].config.num_classes is not None) == (kind == "class")
+
+
+@pytest.mark.parametrize("option", options("schedule"))
+def test_every_schedule_option_builds_a_schedule_of_distributions(option):
+    schedule = NoiseSchedule(16, schedule_config(plain(compose_train([f"schedule={option}"]).schedule)))
+    gbar = schedule.mask_probability(torch.arange(schedule.num_timesteps + 1))
+    assert gbar[0] == 0 and torch.all(gbar[1:] >= gbar[:-1])
+
+
+@pytest.mark.parametrize("option", options("sampler"))
+def test_every_sampler_option_builds_its_sampler(option):
+    sampler = compose_train([f"sampler={option}"]).sampler
+    built = make_sampler(sampler.name, **plain(sampler.options))
+    assert isinstance(built, Sampler) and built.name == sampler.name
+    assert sampler.num_inference_steps >= 1
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_every_logger_option_builds_a_logger(option, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = instantiate(compose_train([f"logger={option}", f"output_dir={tmp_path}"]).logger, save_dir=str(tmp_path))
+    assert isinstance(logger, pl.loggers.Logger)
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+@pytest.mark.parametrize("stage", ["tokenizer", "diffusion"])
+def test_every_callbacks_option_builds_each_stage_callbacks(option, stage, tmp_path):
+    cfg = compose_train([f"callbacks={option}", f"output_dir={tmp_path}", "logger=csv"])
+    built = stage_callbacks(cfg, stage, logger=True)
+    assert all(isinstance(callback, pl.Callback) for callback in built)
+    assert len(built) == len(cfg.callbacks[stage])
+    if option == "default" and stage == "diffusion":
+        (checkpoint,) = [c for c in built if isinstance(c, pl.callbacks.ModelCheckpoint)]
+        assert Path(checkpoint.dirpath) == tmp_path / "checkpoints"
+        assert checkpoint._every_n_train_steps == cfg.diffusion_training.checkpoint_every_n_steps
