@@ -122,3 +122,33 @@ def test_every_callbacks_option_builds_each_stage_callbacks(option, stage, tmp_p
         (checkpoint,) = [c for c in built if isinstance(c, pl.callbacks.ModelCheckpoint)]
         assert Path(checkpoint.dirpath) == tmp_path / "checkpoints"
         assert checkpoint._every_n_train_steps == cfg.diffusion_training.checkpoint_every_n_steps
+
+
+@pytest.mark.parametrize("section, module_class", [
+    ("tokenizer_training", "vqdiffusion.lit.tokenizer_module.TokenizerModule"),
+    ("diffusion_training", "vqdiffusion.lit.diffusion_module.DiffusionModule"),
+])
+def test_train_yaml_sets_every_module_argument_to_the_signature_default(section, module_class):
+    """The defaults live in the YAML; the signatures (for Python use) say the same."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    from vqdiffusion.tasks import STAGE_SETTINGS
+
+    values = plain(compose_train([])[section])
+    parameters = inspect.signature(get_class(module_class)).parameters
+    given = {"vqvae", "transformer", "tokenizer", "condition", "schedule", "loss", "seed"}  # from other groups
+    assert set(values) - set(STAGE_SETTINGS) == set(parameters) - given
+    for key, value in values.items():
+        if key in parameters:
+            default = parameters[key].default
+            assert (list(default) if isinstance(default, tuple) else default) == value, key
+
+
+def test_a_misspelt_stage_setting_is_named_with_the_valid_ones(tmp_path):
+    from vqdiffusion.tasks import train
+
+    cfg = compose_train(["debug=tiny", "+tokenizer_training.warmup_step=5", f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"tokenizer_training has no setting \['warmup_step'\].*'warmup_steps'"):
+        train(cfg)

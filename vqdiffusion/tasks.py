@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -52,9 +53,9 @@ def _trainer(cfg: DictConfig, out: Path, stage: str, max_steps: int, val_every: 
     logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
     if isinstance(logger, pl.loggers.WandbLogger):
         logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
-    steps = cfg.trainer.get("max_steps")
+    steps = cfg.trainer.max_steps
     steps = max_steps if steps is None else steps
-    interval = cfg.trainer.get("val_check_interval")
+    interval = cfg.trainer.val_check_interval
     return instantiate(
         cfg.trainer, max_steps=steps, logger=logger, callbacks=[*stage_callbacks(cfg, stage, logger), *callbacks],
         val_check_interval=min(val_every, steps) if interval is None else interval,
@@ -68,7 +69,7 @@ def stage_callbacks(cfg: DictConfig, stage: str, logger=None) -> list[pl.Callbac
     specs = (cfg.get("callbacks") or {}).get(stage) or {}
     built = [instantiate(spec, _convert_="all") for spec in specs.values()]
     dropped = (() if logger else (pl.callbacks.LearningRateMonitor,)) + (
-        (pl.callbacks.ModelCheckpoint,) if cfg.trainer.get("fast_dev_run") else ())
+        (pl.callbacks.ModelCheckpoint,) if cfg.trainer.fast_dev_run else ())
     return [callback for callback in built if not isinstance(callback, dropped)]
 
 
@@ -93,7 +94,7 @@ def train(cfg: DictConfig) -> dict:
         tokenizer_folder = resumed_tokenizer
     elif cfg.stage in ("tokenizer", "all"):
         metrics["tokenizer"] = train_tokenizer(cfg, datamodule, out)
-    elif cfg.get("tokenizer_checkpoint"):
+    elif cfg.tokenizer_checkpoint:
         tokenizer_folder = _tokenizer_folder(cfg.tokenizer_checkpoint)
     else:
         raise ValueError("stage=diffusion needs tokenizer_checkpoint=<tokenizer folder, run folder, "
@@ -139,6 +140,23 @@ def _tokenizer_folder(path: str) -> Path:
     raise FileNotFoundError(f"no tokenizer in {root}: expected config.json in it or in tokenizer/ or vqvae/")
 
 
+# Settings of a stage's section that the stage reads itself; every other key is an argument of
+# the stage's module.
+STAGE_SETTINGS = ("batch_size", "val_every_n_steps", "checkpoint_every_n_steps")
+
+
+def module_arguments(section: DictConfig, module_class: type, name: str, **given) -> dict:
+    """The keyword arguments of ``module_class`` from a config section (``tokenizer_training``,
+    ``diffusion_training``) plus ``given``: every argument's value comes from the YAML, so the
+    defaults live there; a key that is neither an argument nor a stage setting is an error."""
+    arguments = set(inspect.signature(module_class).parameters) - set(given)
+    values = OmegaConf.to_container(section, resolve=True)
+    unknown = sorted(set(values) - arguments - set(STAGE_SETTINGS))
+    if unknown:
+        raise ValueError(f"{name} has no setting {unknown}; its settings are {sorted(arguments | set(STAGE_SETTINGS))}")
+    return {**{key: value for key, value in values.items() if key in arguments}, **given}
+
+
 def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     from .convert.diffusers_format import save_module, vqvae_config_to_diffusers
 
@@ -147,16 +165,11 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         log.info("tokenizer already trained in %s: skipping (delete it to retrain)", folder)
         return json.loads((folder / "metrics.json").read_text())
     hp = cfg.tokenizer_training
-    module = TokenizerModule(
-        vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True), lr=hp.lr, betas=tuple(hp.betas),
-        l2_weight=hp.l2_weight,
-        perceptual_weight=hp.perceptual_weight, restart_dead_codes_every=hp.restart_dead_codes_every,
-        disc_weight=hp.get("disc_weight", 0.0), disc_start=hp.get("disc_start", 0), disc_lr=hp.get("disc_lr"),
-        lpips_vgg=hp.get("lpips_vgg"), lpips_lin=hp.get("lpips_lin"), lr_schedule=hp.lr_schedule,
-        warmup_steps=hp.warmup_steps, max_steps=hp.max_steps)
+    module = TokenizerModule(**module_arguments(hp, TokenizerModule, "tokenizer_training",
+                                                vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True)))
     trainer = _trainer(cfg, out, "tokenizer", hp.max_steps, hp.val_every_n_steps)
     shared_batch = datamodule.batch_size
-    datamodule.batch_size = hp.get("batch_size") or shared_batch  # the stage may use its own batch
+    datamodule.batch_size = hp.batch_size or shared_batch  # the stage may use its own batch
     try:
         trainer.fit(module, datamodule)
     finally:
@@ -231,17 +244,12 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         condition["num_classes"] = _dataset_classes(datamodule.train_set)
     # The transformer's initialisation must not depend on what ran before it (a tokenizer stage).
     pl.seed_everything(cfg.seed + 1, workers=True)
-    module = DiffusionModule(
-        transformer=OmegaConf.to_container(cfg.model, resolve=True), tokenizer=tokenizer_config,
-        condition=condition, schedule=schedule,
-        loss=OmegaConf.to_container(cfg.loss, resolve=True), caption_dropout=hp.caption_dropout, lr=hp.lr,
-        betas=tuple(hp.betas), weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps,
-        lr_schedule=hp.lr_schedule, plateau_patience=hp.get("plateau_patience", 5000),
-        max_steps=hp.max_steps, ema_decay=hp.ema_decay, ema_every=hp.ema_every,
-        seed=cfg.seed, compile=hp.get("compile", False), bf16_residual=hp.get("bf16_residual", True),
-    )
+    module = DiffusionModule(**module_arguments(
+        hp, DiffusionModule, "diffusion_training", transformer=OmegaConf.to_container(cfg.model, resolve=True),
+        tokenizer=tokenizer_config, condition=condition, schedule=schedule,
+        loss=OmegaConf.to_container(cfg.loss, resolve=True), seed=cfg.seed))
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
-    callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.get("stop_after_steps") else []
+    callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.stop_after_steps else []
     trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks)
     trainer.fit(module, datamodule, ckpt_path=resume)
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
@@ -263,7 +271,7 @@ def _dataset_classes(dataset) -> int:
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
     """``ckpt_path=last``: the newest ``last.ckpt`` among this name's runs; any other value as given."""
-    if cfg.get("ckpt_path") in (None, ""):
+    if cfg.ckpt_path in (None, ""):
         return None
     if cfg.ckpt_path != "last":
         if not Path(cfg.ckpt_path).exists():
@@ -281,7 +289,7 @@ def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
     dataset = datamodule.train_set
     sampler = cfg.sampler
     images, prompts = sample_for_validation(
-        module, dataset, cfg.validation.prompts, cfg.get("final_num_images", 64), seed=1234,
+        module, dataset, cfg.validation.prompts, cfg.final_num_images, seed=1234,
         guidance_scale=cfg.validation.guidance_scale, truncation_rate=cfg.validation.truncation_rate,
         sampler=sampler.name, num_inference_steps=sampler.num_inference_steps,
         sampler_options=OmegaConf.to_container(sampler.options))

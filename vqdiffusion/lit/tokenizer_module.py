@@ -57,7 +57,7 @@ class TokenizerModule(pl.LightningModule):
         lpips_lin: str | None = None,
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
-        max_steps: int = 100_000,
+        max_steps: int = 2000,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
