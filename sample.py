@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    from vqdiffusion.sampling import end_distributed, sample
+    from vqdiffusion.tasks.sampling import end_distributed, sample
 
     sample(cfg)
     end_distributed()  # under torchrun: close the process group before exit

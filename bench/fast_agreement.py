@@ -17,7 +17,7 @@ import argparse
 import torch
 from common import Results
 
-from vqdiffusion.sampling import load_pipeline
+from vqdiffusion.tasks import load_pipeline
 
 VARIANTS = {
     "fp32 (other seeds)": ("float32", None),

@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("tokenizer"):
         import torch
 
-        from vqdiffusion.tasks import load_tokenizer
+        from vqdiffusion.tasks.training import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer).to("cuda" if torch.cuda.is_available() else "cpu")
     shards = write_shards(dataset, out, samples_per_shard=cfg.get("per_shard", 1000), limit=cfg.get("limit"),

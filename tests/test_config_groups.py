@@ -20,7 +20,7 @@ from vqdiffusion.data.robust import DatasetNotFoundError
 from vqdiffusion.diffusion.samplers import Sampler, make_sampler
 from vqdiffusion.diffusion.schedule import NoiseSchedule
 from vqdiffusion.models.vqvae import VQVAE, VQVAEConfig
-from vqdiffusion.tasks import build_datamodule, stage_callbacks
+from vqdiffusion.tasks.training import build_datamodule, stage_callbacks
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -134,7 +134,7 @@ def test_train_yaml_sets_every_module_argument_to_the_signature_default(section,
 
     from hydra.utils import get_class
 
-    from vqdiffusion.tasks import STAGE_SETTINGS
+    from vqdiffusion.tasks.training import STAGE_SETTINGS
 
     values = plain(compose_train([])[section])
     parameters = inspect.signature(get_class(module_class)).parameters

@@ -21,7 +21,7 @@ from vqdiffusion.eval.classifier import (
 )
 from vqdiffusion.eval.distribution import DistributionMetrics, feature_statistics
 from vqdiffusion.eval.features import load_inception_logits
-from vqdiffusion.sampling import sample
+from vqdiffusion.tasks import sample
 from vqdiffusion.tiny import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

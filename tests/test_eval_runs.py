@@ -15,7 +15,7 @@ from test_eval import scipy_fid
 
 from vqdiffusion.eval.run import dataset_batches
 from vqdiffusion.eval.summary import summarize
-from vqdiffusion.sampling import sample
+from vqdiffusion.tasks import sample
 from vqdiffusion.tiny import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_prompts_from_a_split_are_its_captions_in_order(setup, tmp_path):
 
 
 def test_prompts_from_gives_a_class_model_every_class(tmp_path):
-    from vqdiffusion.sampling import job_items
+    from vqdiffusion.tasks.sampling import job_items
 
     pipe = tiny_pipeline("class")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

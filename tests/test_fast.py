@@ -151,7 +151,7 @@ def test_sample_py_speed_options_keep_the_images_and_are_recorded(tmp_path):
     from hydra import compose, initialize_config_dir
     from PIL import Image
 
-    from vqdiffusion.sampling import sample
+    from vqdiffusion.tasks import sample
 
     tiny_pipeline("text").save_pretrained(tmp_path / "pipe")
     root = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ LAYERS = [
     {"pipeline"},
     {"data"},
     {"eval"},
-    {"lit", "sampling"},
+    {"lit"},
     {"tasks", "tiny", "demo", "__init__"},
 ]
 

@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from vqdiffusion.sampling import sample
+from vqdiffusion.tasks import sample
 from vqdiffusion.tiny import tiny_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -293,7 +293,7 @@ class _Identity(torch.nn.Module):
 
 def test_reconstruction_faithfulness_is_the_analyzer_on_decoded_images():
     from vqdiffusion.data.shapes import ShapesDataset
-    from vqdiffusion.tasks import reconstruction_faithfulness
+    from vqdiffusion.tasks.training import reconstruction_faithfulness
 
     shapes = ShapesDataset(32, length=40, seed=3, two_object_share=0.5)
     # the dataset's own images pass (after the uint8 round trip), black images never do
@@ -306,7 +306,7 @@ def test_reconstruction_faithfulness_is_the_analyzer_on_decoded_images():
 
 def test_reconstruction_faithfulness_counts_each_failure():
     from vqdiffusion.data.shapes import ShapesDataset
-    from vqdiffusion.tasks import reconstruction_faithfulness
+    from vqdiffusion.tasks.training import reconstruction_faithfulness
 
     class EveryOtherBlank(_Identity):
         def decode(self, codes):  # blanks the odd images of each batch

@@ -81,7 +81,7 @@ def test_every_experiment_composes_and_trains_both_stages(experiment, tmp_path, 
 
 
 def _trainer_for(overrides: list[str], tmp_path: Path):
-    from vqdiffusion.tasks import _trainer
+    from vqdiffusion.tasks.training import _trainer
 
     cfg = compose_train([*overrides, f"output_dir={tmp_path}", "logger=csv"])
     return _trainer(cfg, tmp_path, "diffusion", max_steps=7, val_every=5)
@@ -253,7 +253,7 @@ def test_a_training_checkpoint_samples_as_the_pipeline_exported_from_its_weights
     assert any(not torch.equal(a, b) for a, b in zip(raw.transformer.parameters(), ema.transformer.parameters()))
     # sample.py takes the checkpoint as it takes a run folder, and draws the same images
     def sample_folder(checkpoint, out):
-        from vqdiffusion.sampling import sample
+        from vqdiffusion.tasks import sample
 
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             sample(compose("sample", overrides=[f"checkpoint={checkpoint}", "prompt=a red circle", "n=2",

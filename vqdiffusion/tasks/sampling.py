@@ -19,10 +19,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from .convert.lightning_checkpoint import is_training_checkpoint
-from .pipeline import SpeedSettings, VQDiffusionPipeline
-from .utils.atomic import atomic_write_bytes
-from .utils.images import indexed_png, make_grid, save_png
+from ..convert.lightning_checkpoint import is_training_checkpoint
+from ..pipeline import SpeedSettings, VQDiffusionPipeline
+from ..utils.atomic import atomic_write_bytes
+from ..utils.images import indexed_png, make_grid, save_png
 
 __all__ = ["sample", "load_pipeline", "job_items"]
 
@@ -76,7 +76,7 @@ def job_items(cfg: DictConfig, pipe: VQDiffusionPipeline) -> list[dict]:
 def _split_captions(cfg: DictConfig) -> list[str]:
     """The captions of the first ``prompts_count`` items of ``data``'s ``prompts_from`` split, in
     order (the text-to-image protocol: one generated image per reference caption)."""
-    from .data.datamodule import split_dataset
+    from ..data.datamodule import split_dataset
 
     split = cfg.prompts_from
     if cfg.prompt or cfg.prompts_file:
@@ -190,7 +190,7 @@ def sample(cfg: DictConfig) -> Path:
         images = [Image.open(indexed_png(out, item["index"])) for item in items[:64]]
         save_png(make_grid(images, columns=min(8, max(1, cfg.n))), out / "grid.png")
     if cfg.get("eval") and cfg.eval.metrics:
-        from .eval.run import evaluate_folder
+        from ..eval.run import evaluate_folder
 
         rate = {"images_per_second": drawn / seconds} if drawn else {}
         name = torch.cuda.get_device_name(pipe.device) if str(pipe.device).startswith("cuda") else "cpu"

@@ -1,4 +1,4 @@
-"""What ``train.py`` and ``sample.py`` run: build from the composed config, fit, export, report."""
+"""``train.py``'s work: build both stages from the composed config, fit, export, report."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
-from .convert.state_dict import load_checked
-from .data.robust import DatasetNotFoundError
-from .lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
-from .lit.diffusion_module import DiffusionModule
-from .lit.tokenizer_module import TokenizerModule
-from .models.vqvae import VQVAE
-from .utils.atomic import atomic_write_bytes
-from .utils.images import make_grid, save_png, signed_to_pil
+from ..convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
+from ..convert.state_dict import load_checked
+from ..data.robust import DatasetNotFoundError
+from ..lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
+from ..lit.diffusion_module import DiffusionModule
+from ..lit.tokenizer_module import TokenizerModule
+from ..models.vqvae import VQVAE
+from ..utils.atomic import atomic_write_bytes
+from ..utils.images import make_grid, save_png, signed_to_pil
 
 __all__ = ["train", "run_dir"]
 
@@ -124,7 +124,7 @@ def build_datamodule(cfg: DictConfig):
 
 def load_tokenizer(path: str) -> VQVAE:
     """A frozen VQVAE from a run folder, tokenizer/VQModel folder or hub id (strict load)."""
-    from .convert.diffusers_format import load_weights, read_json
+    from ..convert.diffusers_format import load_weights, read_json
 
     folder = _tokenizer_folder(path)
     vqvae = VQVAE(vqvae_config_from_diffusers(read_json(folder / "config.json")))
@@ -158,7 +158,7 @@ def module_arguments(section: DictConfig, module_class: type, name: str, **given
 
 
 def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
-    from .convert.diffusers_format import save_module, vqvae_config_to_diffusers
+    from ..convert.diffusers_format import save_module, vqvae_config_to_diffusers
 
     folder = out / "tokenizer"
     if (folder / "config.json").exists():
@@ -178,7 +178,7 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
     metrics = {"val_psnr_db": psnr, "codes_used": usage}
     if trainer.is_global_zero:  # the one rank that writes metrics.json
-        from .utils.atomic import atomic_directory
+        from ..utils.atomic import atomic_directory
 
         ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set)
         if ceiling is not None:
@@ -234,7 +234,7 @@ def _frozen_tokenizer(vqvae: VQVAE) -> VQVAE:
 
 
 def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Path, resume: str | None) -> dict:
-    from .convert.diffusers_format import load_weights, read_json
+    from ..convert.diffusers_format import load_weights, read_json
 
     hp = cfg.diffusion_training
     tokenizer_config = vqvae_config_from_diffusers(read_json(tokenizer_folder / "config.json")).to_dict()
