@@ -47,9 +47,10 @@ def test_every_group_of_the_train_config_is_covered_here():
 
 @pytest.mark.parametrize("option", options("data"))
 def test_every_data_option_builds_or_says_where_the_data_goes(option, tmp_path):
-    cfg = compose_train([f"data={option}", f"output_dir={tmp_path}", f"data.train.root={tmp_path / 'none'}"]
-                        if "root" in compose_train([f"data={option}"]).data.train else
-                        [f"data={option}", f"output_dir={tmp_path}"])
+    overrides = [f"data={option}", f"output_dir={tmp_path}"]
+    if "root" in compose_train(overrides).data.train:
+        overrides.append(f"data.train.root={tmp_path / 'none'}")
+    cfg = compose_train(overrides)
     try:
         datamodule = build_datamodule(cfg)
     except DatasetNotFoundError as error:  # the files are not here: the error says how to get them

@@ -12,9 +12,17 @@ from .models.conditioning import CachedTextEncoder, LearnedNullEmbedding
 from .models.transformer import TransformerConfig, VQDiffusionTransformer
 from .models.vqvae import VQVAE, VQVAEConfig
 
-__all__ = ["CONDITION_KINDS", "build_components", "schedule_config"]
+__all__ = ["CONDITION_KINDS", "build_components", "condition_kind", "schedule_config"]
 
 CONDITION_KINDS = ("text", "class", "none")
+
+
+def condition_kind(condition: dict) -> str:
+    """``condition["kind"]`` (text when absent), checked against :data:`CONDITION_KINDS`."""
+    kind = condition.get("kind", "text")
+    if kind not in CONDITION_KINDS:
+        raise ValueError(f"condition.kind must be one of {CONDITION_KINDS}, got {kind!r}")
+    return kind
 
 
 def schedule_config(schedule: dict | None) -> ScheduleConfig:
@@ -41,9 +49,7 @@ def build_components(transformer: dict, tokenizer: dict, condition: dict, schedu
     """
     # The tokenizer first: the transformer's initialisation draws after it, as it always has.
     vqvae = VQVAE(VQVAEConfig(**tokenizer))
-    kind = condition.get("kind", "text")
-    if kind not in CONDITION_KINDS:
-        raise ValueError(f"condition.kind must be one of {CONDITION_KINDS}, got {kind!r}")
+    kind = condition_kind(condition)
     encoder = null = context_dim = num_classes = None
     if kind == "text":
         encoder = CachedTextEncoder.from_pretrained(text_encoder or condition["encoder"],

@@ -12,7 +12,7 @@ import copy
 import pytorch_lightning as pl
 import torch
 
-from ..components import build_components
+from ..components import build_components, condition_kind
 from ..diffusion.loss import DiffusionLoss, LossConfig
 from ..diffusion.schedule import model_timestep
 from ..pipeline import VQDiffusionPipeline
@@ -77,7 +77,7 @@ class DiffusionModule(pl.LightningModule):
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
         parts = build_components(transformer, tokenizer, condition, schedule)
         self.tokenizer = parts["vqvae"].eval().requires_grad_(False)
-        self.kind = condition.get("kind", "text")
+        self.kind = condition_kind(condition)
         # Not registered as a submodule: frozen, re-loaded from its path, kept out of checkpoints.
         object.__setattr__(self, "text_encoder", parts["text_encoder"])
         if self.kind == "text":

@@ -167,7 +167,7 @@ def sample(cfg: DictConfig) -> Path:
     log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
     settings = {"sampler": cfg.sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
-                **({"ema": bool(cfg.ema)} if str(cfg.checkpoint).endswith(".ckpt") else {}),
+                **({"ema": bool(cfg.ema)} if is_training_checkpoint(cfg.checkpoint) else {}),
                 **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
     from tqdm.auto import tqdm
 
