@@ -35,7 +35,8 @@ from eval_shapes import faithfulness
 # name -> overrides of experiment=quickstart
 # The former tokenizer recipe: 500 steps of batch 32 (the preset's is 1000 steps of batch 16).
 TOKENIZER_B32 = ["tokenizer_training.batch_size=32", "tokenizer_training.max_steps=500"]
-CONSTANT_TOKENIZER_LR = ["tokenizer_training.lr_schedule=constant", "tokenizer_training.warmup_steps=0"]
+CONSTANT_TOKENIZER_LR = ["lr_scheduler@tokenizer_training.lr_scheduler=constant",
+                         "tokenizer_training.lr_scheduler.warmup_steps=0"]
 RECIPES: dict[str, list[str]] = {
     "base": [],
     "tok_b32_d4000": [*TOKENIZER_B32, "diffusion_training.max_steps=4000"],
@@ -49,15 +50,15 @@ RECIPES: dict[str, list[str]] = {
     "tok_b32": TOKENIZER_B32,
     "tok_b32x1000": ["tokenizer_training.batch_size=32"],
     "constant_tokenizer_lr": CONSTANT_TOKENIZER_LR,
-    "tok_lr2e-3": ["tokenizer_training.lr=2.0e-3"],
-    "tok_betas": ["tokenizer_training.betas=[0.9,0.99]"],
+    "tok_lr2e-3": ["tokenizer_training.optimizer.lr=2.0e-3"],
+    "tok_betas": ["tokenizer_training.optimizer.betas=[0.9,0.99]"],
     "tok_wide": ["tokenizer.block_out_channels=[32,64,64]"],
     "codes64": ["tokenizer.num_vq_embeddings=64"],
     "codes256": ["tokenizer.num_vq_embeddings=256"],
     "singles": ["data.train.two_object_share=0.0"],
     "batch32": ["data.batch_size=32", "diffusion_training.max_steps=1700"],
     "ema999": ["diffusion_training.ema_decay=0.999"],
-    "diffusion_lr3e-3": ["diffusion_training.lr=3.0e-3"],
+    "diffusion_lr3e-3": ["diffusion_training.optimizer.lr=3.0e-3"],
 }
 # (sampler, steps, guidance_scale, truncation_rate)
 SAMPLERS = ["ancestral,50,2.5,0.6", "purity,50,2.5,0.6", "purity,50,4,0.4"]

@@ -7,6 +7,7 @@ a run. Large models are built on the meta device (shapes only, no memory).
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -15,9 +16,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vqdiffusion.components import build_components, schedule_config
+from vqdiffusion.components import build_components
+from vqdiffusion.conditions import Condition, make_condition
 from vqdiffusion.data.robust import DatasetNotFoundError
-from vqdiffusion.diffusion.samplers import Sampler, make_sampler
+from vqdiffusion.diffusion.samplers import Sampler
 from vqdiffusion.diffusion.schedule import NoiseSchedule
 from vqdiffusion.models.vqvae import VQVAE, VQVAEConfig
 from vqdiffusion.tasks.training import build_datamodule, stage_callbacks
@@ -39,8 +41,8 @@ def plain(node) -> dict:
 
 
 def test_every_group_of_the_train_config_is_covered_here():
-    covered = {"data", "tokenizer", "model", "condition", "schedule", "sampler", "logger", "callbacks",
-               "trainer", "debug", "experiment"}  # trainer, debug, experiment: tests/test_train.py
+    covered = {"data", "tokenizer", "model", "condition", "schedule", "sampler", "lr_scheduler", "logger",
+               "callbacks", "trainer", "debug", "experiment"}  # trainer, debug, experiment: tests/test_train.py
     groups = {p.name for p in CONFIGS.iterdir() if p.is_dir()} - {"protocol"}  # protocol: sample.py's
     assert groups == covered
 
@@ -71,7 +73,8 @@ def test_every_tokenizer_option_builds_its_vqvae(option):
 def test_every_model_option_builds_its_transformer(option):
     cfg = compose_train([f"model={option}", "condition=class", "condition.num_classes=10"])
     with torch.device("meta"):
-        parts = build_components(plain(cfg.model), plain(cfg.tokenizer), plain(cfg.condition), plain(cfg.schedule))
+        parts = build_components(plain(cfg.model), plain(cfg.tokenizer), instantiate(cfg.condition),
+                                 instantiate(cfg.schedule))
     config = parts["transformer"].config
     assert (config.num_layers, config.num_heads) == (cfg.model.num_layers, cfg.model.num_heads)
 
@@ -79,20 +82,20 @@ def test_every_model_option_builds_its_transformer(option):
 @pytest.mark.parametrize("option", options("condition"))
 def test_every_condition_option_builds_its_components(option, tiny_clip_folder):
     cfg = compose_train([f"condition={option}", "model.num_layers=1"])
-    condition = plain(cfg.condition)
-    if condition.get("encoder") == "openai/clip-vit-base-patch32":
-        condition["encoder"] = str(tiny_clip_folder)  # offline: a tiny local CLIP of the same kind
-    if condition.get("kind") == "class":
-        condition["num_classes"] = condition.get("num_classes") or 10
-    parts = build_components(plain(cfg.model), plain(cfg.tokenizer), condition, plain(cfg.schedule))
-    kind = condition["kind"]
-    assert (parts["text_encoder"] is not None) == (kind == "text")
-    assert (parts["transformer"].config.num_classes is not None) == (kind == "class")
+    condition = instantiate(cfg.condition)
+    assert isinstance(condition, Condition)
+    if getattr(condition, "encoder", None) == "openai/clip-vit-base-patch32":
+        condition.encoder = str(tiny_clip_folder)  # offline: a tiny local CLIP of the same kind
+    condition = condition.for_dataset(SimpleNamespace(num_classes=10))
+    parts = build_components(plain(cfg.model), plain(cfg.tokenizer), condition, instantiate(cfg.schedule))
+    assert (parts["text_encoder"] is not None) == (condition.kind == "text") == (parts["null_embedding"] is not None)
+    assert (parts["transformer"].config.num_classes == 10) == (condition.kind == "class")
+    assert make_condition(condition.config()) == condition  # what a checkpoint records rebuilds it
 
 
 @pytest.mark.parametrize("option", options("schedule"))
 def test_every_schedule_option_builds_a_schedule_of_distributions(option):
-    schedule = NoiseSchedule(16, schedule_config(plain(compose_train([f"schedule={option}"]).schedule)))
+    schedule = NoiseSchedule(16, instantiate(compose_train([f"schedule={option}"]).schedule))
     gbar = schedule.mask_probability(torch.arange(schedule.num_timesteps + 1))
     assert gbar[0] == 0 and torch.all(gbar[1:] >= gbar[:-1])
 
@@ -100,9 +103,19 @@ def test_every_schedule_option_builds_a_schedule_of_distributions(option):
 @pytest.mark.parametrize("option", options("sampler"))
 def test_every_sampler_option_builds_its_sampler(option):
     sampler = compose_train([f"sampler={option}"]).sampler
-    built = make_sampler(sampler.name, **plain(sampler.options))
-    assert isinstance(built, Sampler) and built.name == sampler.name
+    assert isinstance(instantiate(sampler.algorithm), Sampler)
     assert sampler.num_inference_steps >= 1
+
+
+@pytest.mark.parametrize("option", options("lr_scheduler"))
+@pytest.mark.parametrize("stage", ["tokenizer_training", "diffusion_training"])
+def test_every_lr_scheduler_option_schedules_each_stage(option, stage):
+    section = compose_train([f"lr_scheduler@{stage}.lr_scheduler={option}"])[stage]
+    optimizer = instantiate(section.optimizer, _convert_="all")([torch.nn.Parameter(torch.zeros(2))])
+    entry = instantiate(section.lr_scheduler, _convert_="all")(optimizer)
+    assert entry["interval"] == "step" and isinstance(entry["scheduler"], torch.optim.lr_scheduler.LRScheduler
+                                                      | torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert optimizer.param_groups[0]["lr"] <= section.optimizer.lr
 
 
 @pytest.mark.parametrize("option", options("logger"))
@@ -138,11 +151,12 @@ def test_train_yaml_sets_every_module_argument_to_the_signature_default(section,
     from vqdiffusion.tasks.training import STAGE_SETTINGS
 
     values = plain(compose_train([])[section])
+    assert values.pop("_target_") == module_class
     parameters = inspect.signature(get_class(module_class)).parameters
     given = {"vqvae", "transformer", "tokenizer", "condition", "schedule", "loss", "seed"}  # from other groups
     assert set(values) - set(STAGE_SETTINGS) == set(parameters) - given
     for key, value in values.items():
-        if key in parameters:
+        if key in parameters and not isinstance(value, dict):  # dicts: objects built from config
             default = parameters[key].default
             assert (list(default) if isinstance(default, tuple) else default) == value, key
 
@@ -150,6 +164,6 @@ def test_train_yaml_sets_every_module_argument_to_the_signature_default(section,
 def test_a_misspelt_stage_setting_is_named_with_the_valid_ones(tmp_path):
     from vqdiffusion.tasks import train
 
-    cfg = compose_train(["debug=tiny", "+tokenizer_training.warmup_step=5", f"output_dir={tmp_path}"])
-    with pytest.raises(ValueError, match=r"tokenizer_training has no setting \['warmup_step'\].*'warmup_steps'"):
+    cfg = compose_train(["debug=tiny", "+tokenizer_training.l2_weigth=5", f"output_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"tokenizer_training has no setting \['l2_weigth'\].*'l2_weight'"):
         train(cfg)

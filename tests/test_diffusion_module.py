@@ -1,6 +1,7 @@
 """The diffusion stage's optimiser wiring: fused AdamW with the module's own gradient clipping."""
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -8,12 +9,14 @@ import torch
 from vqdiffusion.lit.diffusion_module import DiffusionModule
 from vqdiffusion.tiny import TINY_VQVAE
 
+ADAMW = functools.partial(torch.optim.AdamW, lr=4.5e-4, betas=(0.9, 0.96), weight_decay=4.5e-2)  # train.yaml's
+
 
 @pytest.fixture()
 def module() -> DiffusionModule:
     torch.manual_seed(0)
     return DiffusionModule({"num_layers": 1, "num_heads": 2, "head_dim": 8}, dataclasses.asdict(TINY_VQVAE),
-                           {"kind": "none"}, {"preset": "mask_only", "num_timesteps": 10})
+                           {"kind": "none"}, {"preset": "mask_only", "num_timesteps": 10}, optimizer=ADAMW)
 
 
 def test_optimiser_is_fused_without_a_grad_scaler(module):
@@ -124,7 +127,7 @@ def test_accumulated_batches_update_the_ema_once_per_step_and_draw_their_own_noi
     torch.manual_seed(0)
     module = DiffusionModule({"num_layers": 1, "num_heads": 2, "head_dim": 8}, dataclasses.asdict(TINY_VQVAE),
                              {"kind": "none"}, {"preset": "mask_only", "num_timesteps": 10},
-                             ema_every=1, ema_decay=0.5, warmup_steps=0, lr=1e-2, max_steps=3)
+                             ema_every=1, ema_decay=0.5, optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
     grid = TINY_VQVAE.sample_size // TINY_VQVAE.downsample_factor
     tokens = torch.randint(0, module.tokenizer.num_codes, (3 * accumulate, 2, grid, grid))
     loader = torch.utils.data.DataLoader([{"tokens": batch} for batch in tokens], batch_size=None)
@@ -177,3 +180,28 @@ def test_every_rank_and_accumulated_batch_of_a_step_draws_its_own_noise(module):
     assert len(set(drawn)) == len(drawn) == 24
     module.hparams.seed = 5
     assert [seed(step, step) for step in range(3)] == [5 * 1_000_003 + step for step in range(3)]
+
+
+def test_hyperparameters_record_plain_values_that_rebuild_the_module(tmp_path):
+    """A checkpoint holds the condition, schedule, optimiser and LR schedule as plain dicts (loadable
+    with weights_only=True) from which load_from_checkpoint builds the same module."""
+    from vqdiffusion.lit import schedules
+
+    torch.manual_seed(0)
+    module = DiffusionModule({"num_layers": 1, "num_heads": 2, "head_dim": 8}, dataclasses.asdict(TINY_VQVAE),
+                             {"kind": "class", "num_classes": 3}, {"preset": "mask_only", "num_timesteps": 10},
+                             optimizer=ADAMW, lr_scheduler=functools.partial(schedules.cosine, warmup_steps=2,
+                                                                             max_steps=8))
+    assert module.hparams["optimizer"] == {"_target_": "torch.optim.adamw.AdamW", "_partial_": True, "lr": 4.5e-4,
+                                           "betas": [0.9, 0.96], "weight_decay": 4.5e-2}
+    assert module.hparams["lr_scheduler"]["_target_"] == "vqdiffusion.lit.schedules.cosine"
+    assert module.hparams["condition"] == {"kind": "class", "num_classes": 3}
+    path = tmp_path / "module.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.6.6"}, path)
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["schedule"]["num_timesteps"] == 10
+    restored = DiffusionModule.load_from_checkpoint(path, weights_only=True)
+    assert restored.condition == module.condition and restored.transformer.config == module.transformer.config
+    optimizer = restored.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["lr"] == pytest.approx(4.5e-4 / 2)
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), module.state_dict().values()))

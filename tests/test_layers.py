@@ -19,6 +19,7 @@ LAYERS = [
     {"ops"},
     {"models"},
     {"diffusion"},
+    {"conditions"},
     {"components"},
     {"convert"},
     {"pipeline"},

@@ -3,6 +3,7 @@ the diffusion stage's LR schedules."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vqdiffusion.lit.schedules import WarmupPlateau, lr_scheduler_config
+from vqdiffusion.lit import schedules
+from vqdiffusion.lit.schedules import WarmupPlateau
 from vqdiffusion.lit.tokenizer_module import TokenizerModule
 from vqdiffusion.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from vqdiffusion.models.transformer import TransformerConfig, VQDiffusionTransformer
 from vqdiffusion.models.vqvae import VQVAE, VQVAEConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ADAM = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.9))  # train.yaml's tokenizer optimiser
 TINY_VQ = dict(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                block_out_channels=[8, 8], layers_per_block=1, latent_channels=8, sample_size=32,
                num_vq_embeddings=16, norm_num_groups=4, vq_embed_dim=8, mid_block_add_attention=False)
@@ -53,7 +56,7 @@ def _batch_step(module: TokenizerModule, step: int) -> torch.Tensor:
 
 def test_discriminator_trains_only_on_its_own_loss_after_disc_start():
     torch.manual_seed(0)
-    module = TokenizerModule(TINY_VQ, disc_weight=0.8, disc_start=10, restart_dead_codes_every=0)
+    module = TokenizerModule(TINY_VQ, optimizer=ADAM, disc_weight=0.8, disc_start=10, restart_dead_codes_every=0)
     optimizer = module.configure_optimizers()["optimizer"]
     assert len(optimizer.param_groups) == 2  # autoencoder + discriminator, one optimiser step per batch
 
@@ -74,7 +77,7 @@ def test_discriminator_trains_only_on_its_own_loss_after_disc_start():
 
 def test_discriminator_gradient_is_the_hinge_loss_gradient_only():
     torch.manual_seed(0)
-    module = TokenizerModule(TINY_VQ, disc_weight=0.8, disc_start=0, restart_dead_codes_every=0)
+    module = TokenizerModule(TINY_VQ, optimizer=ADAM, disc_weight=0.8, disc_start=0, restart_dead_codes_every=0)
     module.train()
     images = torch.rand(4, 3, 32, 32) * 2 - 1
     module.log_dict = lambda *a, **k: None
@@ -119,7 +122,7 @@ def test_published_transformer_presets(name, layers, width, millions):
 def test_plateau_schedule_warms_up_then_halves_when_the_loss_stalls():
     params = [torch.nn.Parameter(torch.zeros(1))]
     optimizer = torch.optim.AdamW(params, lr=1.0)
-    scheduler = lr_scheduler_config(optimizer, "plateau", warmup_steps=4, max_steps=100, plateau_patience=3)
+    scheduler = schedules.plateau(optimizer, warmup_steps=4, patience=3)
     assert scheduler["monitor"] == "train/loss"
     plateau = scheduler["scheduler"]
     assert isinstance(plateau, WarmupPlateau)
@@ -136,10 +139,12 @@ def test_plateau_schedule_warms_up_then_halves_when_the_loss_stalls():
     assert restored.calls == plateau.calls and restored.num_bad_epochs == plateau.num_bad_epochs
 
 
-def test_unknown_lr_schedule_names_the_options():
+@pytest.mark.parametrize("schedule", [schedules.constant, schedules.cosine, schedules.plateau])
+def test_a_negative_warmup_is_refused_by_every_schedule(schedule):
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
-    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('cosine', 'constant', 'plateau'\)"):
-        lr_scheduler_config(optimizer, "step", 1, 10)
+    settings = {"cosine": {"max_steps": 10}, "plateau": {"patience": 3}}.get(schedule.__name__, {})
+    with pytest.raises(ValueError, match="warmup_steps must be an integer >= 0, got -1"):
+        schedule(optimizer, warmup_steps=-1, **settings)
 
 
 def test_perceptual_loss_without_local_weights_fails_with_the_fix(tmp_path):
@@ -207,8 +212,9 @@ def test_lpips_matches_a_functional_reference_and_is_zero_on_identical_images(lp
 
 def test_perceptual_term_enters_the_tokenizer_loss_and_trains_only_the_autoencoder(lpips_files):
     vgg_path, lin_path, _, _ = lpips_files
-    plain = TokenizerModule(TINY_VQ)
-    module = TokenizerModule(TINY_VQ, perceptual_weight=0.5, lpips_vgg=str(vgg_path), lpips_lin=str(lin_path))
+    plain = TokenizerModule(TINY_VQ, optimizer=ADAM)
+    module = TokenizerModule(TINY_VQ, optimizer=ADAM, perceptual_weight=0.5, lpips_vgg=str(vgg_path),
+                             lpips_lin=str(lin_path))
     plain.vqvae.load_state_dict(module.vqvae.state_dict())  # the same autoencoder, with and without LPIPS
     for m in (plain, module):
         m.log = m.log_dict = lambda *a, **k: None
@@ -224,7 +230,7 @@ def test_perceptual_term_enters_the_tokenizer_loss_and_trains_only_the_autoencod
 
 
 def test_tokenizer_stage_on_token_only_batches_says_what_is_wrong():
-    module = TokenizerModule(TINY_VQ)
+    module = TokenizerModule(TINY_VQ, optimizer=ADAM)
     with pytest.raises(ValueError, match="needs images, but these batches hold only tokens"):
         module.training_step({"tokens": torch.zeros(2, 8, 8, dtype=torch.long)}, 0)
 
@@ -237,7 +243,7 @@ def test_dead_codes_restart_once_per_optimizer_step_under_accumulation(accumulat
     import pytorch_lightning as pl
 
     torch.manual_seed(0)
-    module = TokenizerModule(TINY_VQ, restart_dead_codes_every=1, dead_code_threshold=1e9)
+    module = TokenizerModule(TINY_VQ, optimizer=ADAM, restart_dead_codes_every=1, dead_code_threshold=1e9)
     restarts = []
     restart = module._restart_dead_codes
     monkeypatch.setattr(module, "_restart_dead_codes", lambda images: (restarts.append(1), restart(images)))
@@ -252,7 +258,8 @@ def test_tokenizer_cosine_schedule_warms_up_and_ends_at_a_tenth_of_the_peak():
     import pytorch_lightning as pl
 
     torch.manual_seed(0)
-    module = TokenizerModule(TINY_VQ, lr=1e-3, lr_schedule="cosine", warmup_steps=2, max_steps=6,
+    module = TokenizerModule(TINY_VQ, optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
+                             lr_scheduler=functools.partial(schedules.cosine, warmup_steps=2, max_steps=6),
                              restart_dead_codes_every=0)
     seen = []
 
@@ -269,12 +276,10 @@ def test_tokenizer_cosine_schedule_warms_up_and_ends_at_a_tenth_of_the_peak():
     torch.testing.assert_close(torch.tensor(seen), torch.tensor(expected), rtol=1e-6, atol=0)
 
 
-def test_tokenizer_schedule_names_are_checked():
-    expected = r"tokenizer lr_schedule must be one of \('constant', 'cosine'\), got 'plateau'"
-    with pytest.raises(ValueError, match=expected):
-        TokenizerModule(TINY_VQ, lr_schedule="plateau")
-    with pytest.raises(ValueError, match="warmup_steps must be >= 0, got -1"):
-        TokenizerModule(TINY_VQ, warmup_steps=-1)
+def test_the_tokenizer_refuses_the_loss_watching_schedule():
+    with pytest.raises(ValueError, match="plateau LR schedule watches the diffusion loss"):
+        TokenizerModule(TINY_VQ, lr_scheduler=functools.partial(schedules.plateau, warmup_steps=0,
+                                                                                 patience=3))
 
 
 class _Identity(torch.nn.Module):

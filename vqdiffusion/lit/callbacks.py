@@ -12,6 +12,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ..diffusion.samplers import Sampler
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import make_grid, save_png
 
@@ -25,12 +26,11 @@ class SampleGrid(pl.Callback):
     dataset's faithfulness score (``val/faithfulness``) when the dataset defines ``score``."""
 
     def __init__(self, folder: str | Path, prompts: list[str] | None, num_images: int, guidance_scale: float,
-                 truncation_rate: float, sampler: str, num_inference_steps: int, sampler_options: dict | None = None,
-                 seed: int = 0) -> None:
+                 truncation_rate: float, sampler: Sampler | str, num_inference_steps: int, seed: int = 0) -> None:
         self.folder = Path(folder)
         self.prompts, self.num_images = prompts, num_images
         self.kwargs = dict(guidance_scale=guidance_scale, truncation_rate=truncation_rate, sampler=sampler,
-                           num_inference_steps=num_inference_steps, sampler_options=sampler_options or {})
+                           num_inference_steps=num_inference_steps)
         self.seed = seed
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -54,50 +54,18 @@ def sample_for_validation(module, dataset, prompts, num_images: int, seed: int, 
     generator = torch.Generator(module.device).manual_seed(seed)
     was_training = module.training
     module.eval()
+    num_classes = module.transformer.config.num_classes
+    inputs, prompts = module.condition.validation_call(dataset, prompts, num_images, num_classes)
     try:
-        if module.kind == "text":
-            if prompts is None or isinstance(prompts, str):
-                if hasattr(dataset, "validation_prompts"):
-                    prompts = dataset.validation_prompts(num_images, *([prompts] if prompts else []))
-                else:
-                    prompts = dataset_captions(dataset, num_images)
-            prompts = [prompts[i % len(prompts)] for i in range(num_images)]  # cycled when short
-            images = pipe(prompts, generator=generator, **kwargs).images
-        elif module.kind == "class":
-            labels = torch.arange(num_images) % module.transformer.config.num_classes
-            images = pipe(class_labels=labels, generator=generator, **kwargs).images
-            prompts = None
-        else:
-            images = pipe(batch_size=num_images, generator=generator, **kwargs).images
-            prompts = None
+        images = pipe(**inputs, generator=generator, **kwargs).images
     finally:
         module.train(was_training)
     return images, prompts
 
 
 def grid_columns(module) -> int:
-    """One column per class for class-conditional models with few classes (labels cycle), else 8."""
-    if module.kind == "class" and module.transformer.config.num_classes <= 16:
-        return module.transformer.config.num_classes
-    return 8
-
-
-def dataset_captions(dataset, count: int) -> list[str]:
-    """The first ``count`` distinct non-empty captions of a dataset (its order is fixed, so the
-    validation prompts stay the same through a run)."""
-    if isinstance(dataset, torch.utils.data.IterableDataset):
-        samples = iter(dataset)
-    else:
-        samples = (dataset[i] for i in range(len(dataset)))
-    captions: list[str] = []
-    for sample in samples:
-        if sample.get("caption") and sample["caption"] not in captions:
-            captions.append(sample["caption"])
-        if len(captions) == count:
-            break
-    if not captions:
-        raise ValueError("set validation.prompts to a list: the dataset has neither validation_prompts() nor captions")
-    return captions
+    """Columns of the module's sample grids (one per class for a few classes)."""
+    return module.condition.grid_columns(module.transformer.config.num_classes)
 
 
 class BadSampleReport(pl.Callback):

@@ -8,16 +8,19 @@ validation samples through the same ``VQDiffusionPipeline`` users call, with the
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
 
-from ..components import build_components, condition_kind
+from ..components import build_components, schedule_config
+from ..conditions import Condition, make_condition
 from ..diffusion.loss import DiffusionLoss, LossConfig
-from ..diffusion.schedule import model_timestep
+from ..diffusion.schedule import ScheduleConfig, model_timestep
 from ..pipeline import VQDiffusionPipeline
-from ..utils.optim import clip_grad_norm_in_step, folds_clipping
-from .schedules import LR_SCHEDULES, lr_scheduler_config
+from ..utils.optim import built, clip_grad_norm_in_step, folds_clipping, make_optimizer, partial_record
+from .schedules import watches_the_loss
 
 __all__ = ["DiffusionModule"]
 
@@ -30,9 +33,16 @@ class DiffusionModule(pl.LightningModule):
             ``context_dim`` / ``num_classes`` are filled from the tokenizer and condition).
         tokenizer: ``VQVAEConfig`` fields of the frozen tokenizer (its weights travel in the
             checkpoint, so it can be rebuilt without the config files).
-        condition: ``{"kind": "text", "encoder": path or hub id, "max_length": L}``,
-            ``{"kind": "class", "num_classes": C}`` or ``{"kind": "none"}``.
-        schedule: ``ScheduleConfig`` fields, or ``{"preset": name}``.
+        condition: a :class:`~vqdiffusion.conditions.Condition` (text, class or none) or its
+            recorded dict (``{"kind": "class", "num_classes": 10}``).
+        schedule: a ``ScheduleConfig``, its fields, or ``{"preset": name}``.
+        loss: a ``LossConfig`` or its fields.
+        optimizer: ``optimizer(param_groups)`` builds the optimiser (a ``functools.partial`` of
+            e.g. ``torch.optim.AdamW`` with its LR: ``_partial_: true`` in the config); weight
+            decay applies to the matrices only, and ``fused=True`` is used where the optimiser
+            has it and no GradScaler runs. Needed to train, not to sample.
+        lr_scheduler: ``lr_scheduler(optimizer)`` gives the ``lr_scheduler`` entry of
+            ``configure_optimizers`` (:mod:`.schedules`); None keeps the LR constant.
         caption_dropout: share of samples trained with the null condition (for guidance).
         ema_decay, ema_every: EMA of the transformer (and null embedding) weights, updated every
             ``ema_every`` optimiser steps; validation and export use it.
@@ -44,25 +54,21 @@ class DiffusionModule(pl.LightningModule):
             steps and less memory at the paper sizes, with the same validation VB as the float32
             stream (bench/README.md). No effect in float32 or under fp16 autocast. False keeps
             the float32 stream.
-        lr: peak learning rate, per batch as configured (independent of the GPU count: the
-            global batch grows with the GPU count and the LR does not, unless you scale it).
+
+    The hyperparameters a checkpoint records are plain values: the condition, schedule and loss
+    as dicts, the optimiser and LR schedule as the configs that built them.
     """
 
     def __init__(
         self,
         transformer: dict,
         tokenizer: dict,
-        condition: dict,
-        schedule: dict | None = None,
-        loss: dict | None = None,
+        condition: Condition | dict,
+        schedule: ScheduleConfig | dict | None = None,
+        loss: LossConfig | dict | None = None,
+        optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None,
+        lr_scheduler: Callable[[torch.optim.Optimizer], dict] | None = None,
         caption_dropout: float = 0.1,
-        lr: float = 4.5e-4,
-        betas: tuple[float, float] = (0.9, 0.96),
-        weight_decay: float = 4.5e-2,
-        warmup_steps: int = 200,
-        lr_schedule: str = "cosine",
-        max_steps: int = 3000,
-        plateau_patience: int = 5000,
         ema_decay: float = 0.99,
         ema_every: int = 25,
         seed: int = 0,
@@ -70,22 +76,27 @@ class DiffusionModule(pl.LightningModule):
         bf16_residual: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if not 0 <= caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
-        parts = build_components(transformer, tokenizer, condition, schedule)
+        self.condition = make_condition(condition)
+        self.make_optimizer, self.make_lr_scheduler = built(optimizer), built(lr_scheduler)
+        loss_config = loss if isinstance(loss, LossConfig) else LossConfig(**(loss or {}))
+        schedule_settings = schedule_config(schedule)
+        # save_hyperparameters reads the arguments from this frame: rebound to the plain values a
+        # checkpoint records (and load_from_checkpoint passes back)
+        condition, schedule, loss = (self.condition.config(), dataclasses.asdict(schedule_settings),
+                                     dataclasses.asdict(loss_config))
+        optimizer, lr_scheduler = partial_record(self.make_optimizer), partial_record(self.make_lr_scheduler)
+        self.save_hyperparameters()
+        parts = build_components(transformer, tokenizer, self.condition, schedule_settings)
         self.tokenizer = parts["vqvae"].eval().requires_grad_(False)
-        self.kind = condition_kind(condition)
         # Not registered as a submodule: frozen, re-loaded from its path, kept out of checkpoints.
         object.__setattr__(self, "text_encoder", parts["text_encoder"])
-        if self.kind == "text":
-            self.null_embedding = parts["null_embedding"]
+        self.null_embedding = parts["null_embedding"]  # learned with the transformer (text), or None
         self.transformer = parts["transformer"]
         self.transformer.residual_in_autocast_dtype = bf16_residual
         self.schedule = parts["schedule"]
-        self.loss = DiffusionLoss(self.schedule, LossConfig(**(loss or {})))
+        self.loss = DiffusionLoss(self.schedule, loss_config)
         self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
         if compile:
             # Each block in place (nn.Module.compile): parameter names and checkpoints stay as they
@@ -95,12 +106,20 @@ class DiffusionModule(pl.LightningModule):
             for block in self.transformer.transformer_blocks:
                 block.compile()
             self.loss.compile_math = True  # the closed-form loss math after the network (with gradients)
-        if self.kind == "text":
-            self.ema_null_embedding = copy.deepcopy(self.null_embedding).requires_grad_(False)
+        self.ema_null_embedding = (None if self.null_embedding is None
+                                   else copy.deepcopy(self.null_embedding).requires_grad_(False))
+
+    @property
+    def trained_modules(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        """(live, EMA) pairs of what the optimiser trains."""
+        pairs = [(self.transformer, self.ema_transformer)]
+        if self.null_embedding is not None:
+            pairs.append((self.null_embedding, self.ema_null_embedding))
+        return pairs
 
     def on_fit_start(self) -> None:
         dataset = getattr(self.trainer.datamodule, "train_set", None) if self.trainer is not None else None
-        if self.kind == "text" and hasattr(dataset, "all_captions"):
+        if self.text_encoder is not None and hasattr(dataset, "all_captions"):
             self.text_encoder.encoder.to(self.device)
             with torch.no_grad():
                 self.text_encoder.prefill(dataset.all_captions())
@@ -112,16 +131,7 @@ class DiffusionModule(pl.LightningModule):
         """Transformer keyword arguments for a batch; a ``dropout`` share gets the null condition."""
         size = len(batch["image"]) if "image" in batch else len(batch["tokens"])
         drop = torch.rand(size, device=self.device, generator=generator) < dropout
-        if self.kind == "text":
-            self.text_encoder.encoder.to(self.device)  # a no-op after the first call
-            # float32 whatever the encoder's dtype: autocast picks the matmul precision
-            context = self.text_encoder(batch["caption"], self.device).float()  # (B, L, C)
-            null = self.null_embedding.expand(size)
-            return {"context": torch.where(drop[:, None, None], null, context)}
-        if self.kind == "class":
-            labels = batch["label"].to(self.device)
-            return {"class_labels": torch.where(drop, self.transformer.null_class, labels)}
-        return {}
+        return self.condition.inputs(self, batch, drop)
 
     @torch.no_grad()
     def codes(self, batch: dict) -> torch.Tensor:
@@ -170,7 +180,7 @@ class DiffusionModule(pl.LightningModule):
         small model's CPU step, so the steps nobody reads skip it."""
         trainer = self._trainer
         connector = getattr(trainer, "_logger_connector", None)
-        if connector is None or self.hparams.lr_schedule == "plateau" or trainer.fast_dev_run:
+        if connector is None or watches_the_loss(self.make_lr_scheduler) or trainer.fast_dev_run:
             return True
         return bool(connector.should_update_logs) or self.global_step + 1 >= trainer.max_steps > 0
 
@@ -190,29 +200,24 @@ class DiffusionModule(pl.LightningModule):
         if step % self.hparams.ema_every:
             return
         decay = 0.0 if step <= self.hparams.ema_every else self.hparams.ema_decay
-        pairs = [(self.ema_transformer, self.transformer)]
-        if self.kind == "text":
-            pairs.append((self.ema_null_embedding, self.null_embedding))
-        for ema, live in pairs:  # one multi-tensor kernel per module, not one per parameter
+        for live, ema in self.trained_modules:  # one multi-tensor kernel per module, not one per parameter
             torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()], 1 - decay)
 
     def configure_optimizers(self):
-        hp = self.hparams
+        if self.make_optimizer is None:
+            raise ValueError("DiffusionModule needs optimizer= to train, e.g. functools.partial(torch.optim.AdamW, "
+                             "lr=4.5e-4, weight_decay=4.5e-2) (train.py builds it from diffusion_training.optimizer)")
         decay, no_decay = [], []
-        trainable = [self.transformer] + ([self.null_embedding] if self.kind == "text" else [])
-        for module in trainable:
+        for module, _ in self.trained_modules:
             for name, param in module.named_parameters():
                 (no_decay if param.dim() < 2 or "emb" in name else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr, betas=tuple(hp.betas),
-            # one fused kernel instead of a loop over every tensor (a visible share of a small
-            # model's CPU step); fp16's GradScaler must unscale first, so not there
-            fused=not self._uses_grad_scaler(),
-        )
-        scheduler = lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps,
-                                        hp.plateau_patience)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        # fused: one kernel instead of a loop over every tensor (a visible share of a small model's
+        # CPU step); fp16's GradScaler must unscale first, so not there
+        optimizer = make_optimizer(self.make_optimizer, [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                   fused=not self._uses_grad_scaler())
+        if self.make_lr_scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": self.make_lr_scheduler(optimizer)}
 
     def _uses_grad_scaler(self) -> bool:
         return self._trainer is not None and str(self.trainer.precision) in ("16-mixed", "16")
@@ -254,10 +259,7 @@ class DiffusionModule(pl.LightningModule):
     def pipeline(self, use_ema: bool = True, sampler: str = "ancestral") -> VQDiffusionPipeline:
         """The user-facing pipeline around the current (EMA) weights; modules are shared, not copied."""
         transformer = self.ema_transformer if use_ema else self.transformer
-        null = None
-        text = None
-        if self.kind == "text":
-            null = self.ema_null_embedding if use_ema else self.null_embedding
-            text = self.text_encoder.encoder
+        null = self.ema_null_embedding if use_ema else self.null_embedding
+        text = self.text_encoder.encoder if self.text_encoder is not None else None
         return VQDiffusionPipeline(self.tokenizer, transformer, self.schedule, text_encoder=text,
                                    null_embedding=null, sampler=sampler)

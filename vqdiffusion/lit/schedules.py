@@ -1,9 +1,13 @@
-"""Learning-rate schedules, all with a linear warm-up, stepped per optimiser step (the tokenizer
-stage takes ``cosine`` and ``constant``, the diffusion stage all three).
+"""Learning-rate schedules, all with a linear warm-up, stepped per optimiser step.
 
-- ``cosine``: warm-up, then cosine from the peak down to 10% of it at ``max_steps``.
-- ``constant``: warm-up, then the peak.
-- ``plateau``: the original VQ-Diffusion recipe: warm-up, then halve the LR whenever the
+Each is a function ``(optimizer, **settings) -> the lr_scheduler entry of configure_optimizers``,
+named in the ``lr_scheduler`` config group and handed to a stage's module as a partial
+(``_partial_: true``), so the module supplies the optimiser:
+
+- :func:`cosine`: warm-up, then cosine from the peak down to ``final_fraction`` of it at
+  ``max_steps``.
+- :func:`constant`: warm-up, then the peak.
+- :func:`plateau`: the original VQ-Diffusion recipe: warm-up, then halve the LR whenever the
   training loss has not improved by a relative ``threshold`` for ``patience`` steps.
 """
 
@@ -14,18 +18,52 @@ import math
 
 import torch
 
-__all__ = ["LR_SCHEDULES", "WarmupPlateau", "lr_scheduler_config"]
-
-LR_SCHEDULES = ("cosine", "constant", "plateau")
+__all__ = ["WarmupPlateau", "constant", "cosine", "plateau", "watches_the_loss"]
 
 
-def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int, cosine: bool) -> float:
+def _check_warmup(warmup_steps: int) -> None:
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int, cosine: bool,
+                         final_fraction: float = 0.1) -> float:
     if step < warmup_steps:
         return (step + 1) / max(1, warmup_steps)
     if not cosine:
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine(optimizer, warmup_steps: int, max_steps: int, final_fraction: float = 0.1) -> dict:
+    """Warm-up, then a cosine from the peak to ``final_fraction`` of it at ``max_steps``."""
+    _check_warmup(warmup_steps)
+    if not 0 <= final_fraction <= 1:
+        raise ValueError(f"final_fraction must be in [0, 1], got {final_fraction}")
+    factor = functools.partial(warmup_cosine_factor, warmup_steps=warmup_steps, max_steps=max_steps, cosine=True,
+                               final_fraction=final_fraction)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def constant(optimizer, warmup_steps: int = 0) -> dict:
+    """Warm-up, then the peak."""
+    _check_warmup(warmup_steps)
+    factor = functools.partial(warmup_cosine_factor, warmup_steps=warmup_steps, max_steps=0, cosine=False)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def plateau(optimizer, warmup_steps: int, patience: int, factor: float = 0.5, threshold: float = 0.1,
+            min_lr: float = 1e-6) -> dict:
+    """Warm-up, then ``factor`` times the LR whenever ``train/loss`` stalls for ``patience`` steps."""
+    _check_warmup(warmup_steps)
+    scheduler = WarmupPlateau(optimizer, warmup_steps, patience, factor, threshold, min_lr)
+    return {"scheduler": scheduler, "interval": "step", "monitor": "train/loss", "strict": True}
+
+
+def watches_the_loss(lr_scheduler) -> bool:
+    """Whether a schedule (a partial of one of the functions here) reads ``train/loss``."""
+    return getattr(lr_scheduler, "func", lr_scheduler) is plateau
 
 
 class WarmupPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -52,16 +90,3 @@ class WarmupPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
             self._warm_up()
         else:
             super().step(metrics)
-
-
-def lr_scheduler_config(optimizer, schedule: str, warmup_steps: int, max_steps: int,
-                        plateau_patience: int = 5000) -> dict:
-    """The ``lr_scheduler`` entry of ``configure_optimizers`` for the named schedule."""
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
-    if schedule == "plateau":
-        scheduler = WarmupPlateau(optimizer, warmup_steps, plateau_patience)
-        return {"scheduler": scheduler, "interval": "step", "monitor": "train/loss", "strict": True}
-    factor = functools.partial(warmup_cosine_factor, warmup_steps=warmup_steps, max_steps=max_steps,
-                               cosine=schedule == "cosine")
-    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -12,12 +13,10 @@ from ..models.discriminator import PatchDiscriminator, adaptive_weight, hinge_di
 from ..models.lpips import LPIPS
 from ..models.vqvae import VQVAE, VQVAEConfig
 from ..utils.distributed import sum_over_ranks_, take_rank_zeros_
-from .schedules import lr_scheduler_config
+from ..utils.optim import built, make_optimizer, partial_record
+from .schedules import watches_the_loss
 
-__all__ = ["TokenizerModule", "TOKENIZER_LR_SCHEDULES"]
-
-# The plateau schedule watches the diffusion loss; the tokenizer has no use for it.
-TOKENIZER_LR_SCHEDULES = ("constant", "cosine")
+__all__ = ["TokenizerModule"]
 
 
 class TokenizerModule(pl.LightningModule):
@@ -29,9 +28,10 @@ class TokenizerModule(pl.LightningModule):
     ``models/lpips.py``), which this module never downloads: asking for it without them fails
     with a message instead of silently training without it.
 
-    The LR warms up linearly over ``warmup_steps``; ``lr_schedule="cosine"`` then decays it to
-    10% of the peak at ``max_steps`` (a short run ends on sharper colours and edges than at a
-    constant LR), ``"constant"`` keeps the peak.
+    ``optimizer(param_groups)`` builds the optimiser (a partial of ``torch.optim.Adam`` with its
+    LR and betas in the config) and ``lr_scheduler(optimizer)`` its schedule (:mod:`.schedules`:
+    ``constant``, or ``cosine``, whose decay ends a short run on sharper colours and edges; the
+    loss-watching ``plateau`` is the diffusion stage's); None keeps the LR constant.
 
     The discriminator shares the optimiser with the autoencoder as a second parameter group
     (Adam is per parameter, so this equals two optimisers): one optimiser step per batch keeps
@@ -43,8 +43,8 @@ class TokenizerModule(pl.LightningModule):
     def __init__(
         self,
         vqvae: dict,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.5, 0.9),
+        optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None,
+        lr_scheduler: Callable[[torch.optim.Optimizer], dict] | None = None,
         l2_weight: float = 1.0,
         perceptual_weight: float = 0.0,
         restart_dead_codes_every: int = 200,
@@ -55,16 +55,15 @@ class TokenizerModule(pl.LightningModule):
         disc_layers: int = 3,
         lpips_vgg: str | None = None,
         lpips_lin: str | None = None,
-        lr_schedule: str = "constant",
-        warmup_steps: int = 0,
-        max_steps: int = 2000,
     ) -> None:
         super().__init__()
+        self.make_optimizer, self.make_lr_scheduler = built(optimizer), built(lr_scheduler)
+        if watches_the_loss(self.make_lr_scheduler):
+            raise ValueError("the plateau LR schedule watches the diffusion loss: the tokenizer takes constant or "
+                             "cosine")
+        # save_hyperparameters reads the arguments from this frame: rebound to plain records
+        optimizer, lr_scheduler = partial_record(self.make_optimizer), partial_record(self.make_lr_scheduler)
         self.save_hyperparameters()
-        if lr_schedule not in TOKENIZER_LR_SCHEDULES:
-            raise ValueError(f"tokenizer lr_schedule must be one of {TOKENIZER_LR_SCHEDULES}, got {lr_schedule!r}")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
         self.lpips = LPIPS.from_files(lpips_vgg, lpips_lin) if perceptual_weight > 0 else None
@@ -153,13 +152,17 @@ class TokenizerModule(pl.LightningModule):
             self.example = torch.cat([images[:8], recon[:8].clamp(-1, 1)])
 
     def configure_optimizers(self):
-        hp = self.hparams
+        if self.make_optimizer is None:
+            raise ValueError("TokenizerModule needs optimizer= to train, e.g. functools.partial(torch.optim.Adam, "
+                             "lr=2e-4, betas=(0.5, 0.9)) (train.py builds it from tokenizer_training.optimizer)")
         groups = [{"params": [p for p in self.vqvae.parameters() if p.requires_grad]}]
         if self.discriminator is not None:
-            groups.append({"params": list(self.discriminator.parameters()), "lr": hp.disc_lr or hp.lr})
-        optimizer = torch.optim.Adam(groups, lr=hp.lr, betas=tuple(hp.betas))
-        return {"optimizer": optimizer,
-                "lr_scheduler": lr_scheduler_config(optimizer, hp.lr_schedule, hp.warmup_steps, hp.max_steps)}
+            disc_lr = {"lr": self.hparams.disc_lr} if self.hparams.disc_lr is not None else {}
+            groups.append({"params": list(self.discriminator.parameters()), **disc_lr})
+        optimizer = make_optimizer(self.make_optimizer, groups)
+        if self.make_lr_scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": self.make_lr_scheduler(optimizer)}
 
 
 def _psnr(mse: torch.Tensor) -> torch.Tensor:

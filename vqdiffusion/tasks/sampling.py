@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from ..convert.lightning_checkpoint import is_training_checkpoint
+from ..diffusion.samplers import Sampler
 from ..pipeline import SpeedSettings, VQDiffusionPipeline
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import indexed_png, make_grid, save_png
@@ -161,11 +163,12 @@ def sample(cfg: DictConfig) -> Path:
     speed = _speed_settings(cfg)
     if speed:
         pipe.optimize(**speed)
+    sampler = instantiate(cfg.sampler.algorithm)
     items = job_items(cfg, pipe)
     mine = items[rank::world]
     todo = [item for item in mine if not indexed_png(out, item["index"]).exists()]
     log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
-    settings = {"sampler": cfg.sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
+    settings = {"sampler": sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
                 **({"ema": bool(cfg.ema)} if is_training_checkpoint(cfg.checkpoint) else {}),
                 **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
@@ -174,13 +177,13 @@ def sample(cfg: DictConfig) -> Path:
     batch_size = int(cfg.get("batch_size", 1))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if cfg.sampler.name == "diffusers":
+    if sampler.name == "diffusers":
         batch_size = 1  # diffusers' draws come from one generator per call
     pipe.progress = False  # one bar for the whole job below
     start = time.perf_counter()
     with tqdm(total=len(todo), desc=f"images (rank {rank})" if world > 1 else "images", unit="img") as bar:
         for batch in _batches(todo, batch_size):
-            for item, image in zip(batch, _generate(pipe, batch, cfg)):
+            for item, image in zip(batch, _generate(pipe, sampler, batch, cfg)):
                 save_png(image, indexed_png(out, item["index"]))  # atomic: a killed run leaves no half file
             bar.update(len(batch))
     drawn, seconds = _all_ranks(len(todo), time.perf_counter() - start, world)
@@ -236,14 +239,13 @@ def _batches(items: list[dict], size: int) -> list[list[dict]]:
     return batches
 
 
-def _generate(pipe: VQDiffusionPipeline, items: list[dict], cfg: DictConfig) -> list[Image.Image]:
+def _generate(pipe: VQDiffusionPipeline, sampler: Sampler, items: list[dict], cfg: DictConfig) -> list[Image.Image]:
     """Images for ``items`` in one pipeline call, each drawn from its own generator seeded by
     (seed, index): the same image whatever the batch size or the rank that draws it."""
     generators = [torch.Generator(pipe.device).manual_seed(item["seed"]) for item in items]
-    generator = generators[0] if cfg.sampler.name == "diffusers" else generators
+    generator = generators[0] if sampler.name == "diffusers" else generators
     kwargs = dict(num_inference_steps=cfg.sampler.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                  truncation_rate=cfg.truncation_rate, generator=generator, sampler=cfg.sampler.name,
-                  sampler_options=OmegaConf.to_container(cfg.sampler.options))
+                  truncation_rate=cfg.truncation_rate, generator=generator, sampler=sampler)
     if "prompt" in items[0]:
         return pipe([item["prompt"] for item in items], **kwargs).images
     if "class_label" in items[0]:

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
 from ..convert.state_dict import load_checked
 from ..data.robust import DatasetNotFoundError
 from ..lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
-from ..lit.diffusion_module import DiffusionModule
-from ..lit.tokenizer_module import TokenizerModule
 from ..models.vqvae import VQVAE
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import make_grid, save_png, signed_to_pil
@@ -140,21 +138,26 @@ def _tokenizer_folder(path: str) -> Path:
     raise FileNotFoundError(f"no tokenizer in {root}: expected config.json in it or in tokenizer/ or vqvae/")
 
 
-# Settings of a stage's section that the stage reads itself; every other key is an argument of
-# the stage's module.
-STAGE_SETTINGS = ("batch_size", "val_every_n_steps", "checkpoint_every_n_steps")
+# Settings of a stage's section that the stage reads itself (the trainer's length, the batch, the
+# validation and checkpoint intervals); every other key is an argument of the stage's module.
+STAGE_SETTINGS = ("max_steps", "batch_size", "val_every_n_steps", "checkpoint_every_n_steps")
 
 
-def module_arguments(section: DictConfig, module_class: type, name: str, **given) -> dict:
-    """The keyword arguments of ``module_class`` from a config section (``tokenizer_training``,
-    ``diffusion_training``) plus ``given``: every argument's value comes from the YAML, so the
-    defaults live there; a key that is neither an argument nor a stage setting is an error."""
-    arguments = set(inspect.signature(module_class).parameters) - set(given)
-    values = OmegaConf.to_container(section, resolve=True)
-    unknown = sorted(set(values) - arguments - set(STAGE_SETTINGS))
+def stage_module(section: DictConfig, name: str, **given) -> pl.LightningModule:
+    """A stage's LightningModule: its section (``tokenizer_training``, ``diffusion_training``)
+    instantiated, the optimiser and LR schedule as partials, with ``given`` (the components from
+    the other groups) passed as they are. A key that is neither an argument of the module nor a
+    stage setting is an error that names the valid ones."""
+    config = OmegaConf.to_container(section, resolve=True)
+    for key in STAGE_SETTINGS:
+        config.pop(key, None)
+    arguments = set(inspect.signature(get_class(config["_target_"])).parameters) - set(given)
+    unknown = sorted(set(config) - {"_target_"} - arguments)
     if unknown:
         raise ValueError(f"{name} has no setting {unknown}; its settings are {sorted(arguments | set(STAGE_SETTINGS))}")
-    return {**{key: value for key, value in values.items() if key in arguments}, **given}
+    # a partial first, so that the given objects reach the module as they are (instantiate's own
+    # keyword arguments would be merged into the config)
+    return instantiate(config, _partial_=True, _convert_="all")(**given)
 
 
 def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
@@ -165,8 +168,7 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         log.info("tokenizer already trained in %s: skipping (delete it to retrain)", folder)
         return json.loads((folder / "metrics.json").read_text())
     hp = cfg.tokenizer_training
-    module = TokenizerModule(**module_arguments(hp, TokenizerModule, "tokenizer_training",
-                                                vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True)))
+    module = stage_module(hp, "tokenizer_training", vqvae=OmegaConf.to_container(cfg.tokenizer, resolve=True))
     trainer = _trainer(cfg, out, "tokenizer", hp.max_steps, hp.val_every_n_steps)
     shared_batch = datamodule.batch_size
     datamodule.batch_size = hp.batch_size or shared_batch  # the stage may use its own batch
@@ -238,16 +240,12 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
 
     hp = cfg.diffusion_training
     tokenizer_config = vqvae_config_from_diffusers(read_json(tokenizer_folder / "config.json")).to_dict()
-    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    condition = OmegaConf.to_container(cfg.condition, resolve=True)
-    if condition.get("kind") == "class" and condition.get("num_classes") is None:
-        condition["num_classes"] = _dataset_classes(datamodule.train_set)
+    condition = instantiate(cfg.condition).for_dataset(datamodule.train_set)
     # The transformer's initialisation must not depend on what ran before it (a tokenizer stage).
     pl.seed_everything(cfg.seed + 1, workers=True)
-    module = DiffusionModule(**module_arguments(
-        hp, DiffusionModule, "diffusion_training", transformer=OmegaConf.to_container(cfg.model, resolve=True),
-        tokenizer=tokenizer_config, condition=condition, schedule=schedule,
-        loss=OmegaConf.to_container(cfg.loss, resolve=True), seed=cfg.seed))
+    module = stage_module(hp, "diffusion_training", transformer=OmegaConf.to_container(cfg.model, resolve=True),
+                          tokenizer=tokenizer_config, condition=condition, schedule=instantiate(cfg.schedule),
+                          loss=instantiate(cfg.loss), seed=cfg.seed)
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
     callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.stop_after_steps else []
     trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks)
@@ -260,13 +258,6 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         module.to(trainer.strategy.root_device)
         result.update(final_evaluation(cfg, module, datamodule, out))
     return result
-
-
-def _dataset_classes(dataset) -> int:
-    if not hasattr(dataset, "num_classes"):
-        raise ValueError(f"condition=class needs condition.num_classes: {type(dataset).__name__} does not say how "
-                         "many classes it has")
-    return int(dataset.num_classes)
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
@@ -287,12 +278,10 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
 def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
     """A grid of the validation prompts and, for datasets with a scorer, the faithfulness."""
     dataset = datamodule.train_set
-    sampler = cfg.sampler
     images, prompts = sample_for_validation(
         module, dataset, cfg.validation.prompts, cfg.final_num_images, seed=1234,
         guidance_scale=cfg.validation.guidance_scale, truncation_rate=cfg.validation.truncation_rate,
-        sampler=sampler.name, num_inference_steps=sampler.num_inference_steps,
-        sampler_options=OmegaConf.to_container(sampler.options))
+        sampler=instantiate(cfg.sampler.algorithm), num_inference_steps=cfg.sampler.num_inference_steps)
     save_png(make_grid(images, columns=grid_columns(module), scale=2), out / "final_grid.png")
     result = {"final_grid": str(out / "final_grid.png"), "final_images": len(images)}
     if prompts is not None and hasattr(dataset, "score"):

@@ -1,10 +1,43 @@
-"""Gradient clipping folded into a fused Adam/AdamW step."""
+"""Optimisers from config partials, and gradient clipping folded into a fused Adam/AdamW step."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import torch
 
-__all__ = ["clip_grad_norm_in_step", "folds_clipping"]
+__all__ = ["built", "clip_grad_norm_in_step", "folds_clipping", "make_optimizer", "partial_record"]
+
+
+def make_optimizer(factory: Callable, groups: list[dict], **preferred) -> torch.optim.Optimizer:
+    """``factory(groups, ...)`` (e.g. a ``functools.partial`` of ``torch.optim.AdamW`` from a
+    ``_partial_: true`` config) with each of the ``preferred`` keywords that the optimiser accepts
+    and the config does not set: a stage prefers ``fused=True`` where its optimiser has it."""
+    func = getattr(factory, "func", factory)
+    fixed = getattr(factory, "keywords", {})
+    accepted = inspect.signature(func).parameters
+    return factory(groups, **{key: value for key, value in preferred.items() if key in accepted and key not in fixed})
+
+
+def built(factory: Callable | dict | None) -> Callable | None:
+    """A factory as is, or built from its recorded config (:func:`partial_record`'s dict)."""
+    if isinstance(factory, dict):
+        from hydra.utils import instantiate
+
+        return instantiate(factory, _convert_="all")
+    return factory
+
+
+def partial_record(factory: Callable | None) -> dict | None:
+    """A ``functools.partial`` as the plain config that built it (``_target_``, ``_partial_`` and
+    its keywords): what a checkpoint's hyperparameters record, readable with ``weights_only=True``."""
+    if factory is None:
+        return None
+    func = getattr(factory, "func", factory)
+    return {"_target_": f"{func.__module__}.{func.__qualname__}", "_partial_": True,
+            **{key: list(value) if isinstance(value, tuple) else value
+               for key, value in getattr(factory, "keywords", {}).items()}}
 
 
 def folds_clipping(optimizer: torch.optim.Optimizer) -> bool:
