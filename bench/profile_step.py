@@ -160,7 +160,7 @@ def profile_overlap(step, steps: int) -> dict:
 def sampling_run(args):
     from sampling import PROMPT, build  # bench/sampling.py
 
-    from vqdiffusion.models.fast import attention_backend
+    from vqdiffusion.speed import attention_backend
 
     _, ours = build([args.variant], "cuda", 36, reference=False)
     pipe = ours[args.variant]

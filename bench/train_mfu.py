@@ -30,9 +30,9 @@ from vqdiffusion.diffusion.closed_form import general_token_terms
 from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
-from vqdiffusion.models.fast import ATTENTION_BACKENDS, attention_backend
 from vqdiffusion.models.transformer import Attention
-from vqdiffusion.utils.compiled import COMPILE_MODES, inductor_options
+from vqdiffusion.speed import ATTENTION_BACKENDS, attention_backend
+from vqdiffusion.speed.compile import COMPILE_MODES, inductor_options
 from vqdiffusion.utils.optim import clip_grad_norm_in_step
 
 COMPILE_SCOPES = ("off", "model", "blocks")
@@ -48,7 +48,7 @@ class StepOptions:
     accumulate: int = 1  # passes per optimizer step
     checkpointing: bool = False
     compile: str = "off"  # "model": torch.compile of the whole transformer; "blocks": of each block
-    compile_mode: str = "default"  # torch.compile's mode, or "tuned" (vqdiffusion.utils.compiled)
+    compile_mode: str = "default"  # torch.compile's mode, or "tuned" (vqdiffusion.speed.compile)
     compile_loss: bool = False  # the loss math after the network
     memory_budget: float | None = None  # compile's activation memory budget in (0, 1]
     multi_kernel: bool = False  # inductor's multi-kernel reductions, as sampling's fast path uses

@@ -116,7 +116,7 @@ def test_the_loss_uses_the_closed_form_and_matches_the_general_reference():
 @pytest.mark.gpu
 def test_compiled_closed_form_on_bf16_logits_matches_the_reference_on_cuda():
     """What training runs on a GPU: per_sample_terms under torch.compile, bf16 logits."""
-    from vqdiffusion.utils.compiled import compiled
+    from vqdiffusion.speed.compile import compiled
 
     codes, batch, tokens = 1024, 8, 256
     schedule = NoiseSchedule(codes, ScheduleConfig.preset("paper")).to(device="cuda")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vqdiffusion import VQDiffusionPipeline
-from vqdiffusion.models.fast import Float8Linear, attention_backend, to_float8
+from vqdiffusion.speed import Float8Linear, attention_backend, to_float8
 from vqdiffusion.tiny import tiny_pipeline
 
 
@@ -191,7 +191,7 @@ def test_the_ancestral_update_is_the_posterior_draw_with_the_same_uniforms():
 
 
 def test_compile_options_add_multi_kernel_reductions_and_tuning_to_the_mode():
-    from vqdiffusion.utils.compiled import inductor_options, uses_cuda_graphs
+    from vqdiffusion.speed.compile import inductor_options, uses_cuda_graphs
 
     assert inductor_options(None) == {"triton.multi_kernel": 1}
     assert inductor_options("reduce-overhead") == {"triton.cudagraphs": True, "triton.multi_kernel": 1}
@@ -209,7 +209,7 @@ def test_a_compiled_pipeline_draws_the_same_images_on_the_cpu():
                     generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="pt").images
 
     fast = tiny_pipeline("text").optimize(compile="tuned")
-    assert fast._decode_codes is not fast.vqvae.decode  # the decoder is compiled too
+    assert fast.fast.decode is not fast.vqvae.decode  # the decoder is compiled too
     torch.testing.assert_close(images(fast), images(tiny_pipeline("text")), rtol=0, atol=1e-4)
 
 

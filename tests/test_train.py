@@ -284,3 +284,41 @@ def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path
     assert metrics["diffusion"]["steps"] == 6
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
         train(compose_train([*base, f"output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))
+
+
+def test_validation_fid_scores_the_ema_weights_as_an_evaluation_of_their_images(tmp_path):
+    """callbacks=fid: val/fid at each validation equals the textbook FID of the exported pipeline's
+    images (drawn again from the saved folder) against the validation images, through the same
+    extractor, and each validation's row lands in fid.csv."""
+    from hydra.utils import instantiate
+    from test_eval import scipy_fid
+    from test_eval_runs import PooledConv
+
+    from vqdiffusion import VQDiffusionPipeline
+    from vqdiffusion.eval import load_feature_extractor
+    from vqdiffusion.eval.run import dataset_batches
+
+    extractor_path = tmp_path / "extractor.pt"
+    torch.jit.script(PooledConv()).save(str(extractor_path))
+    run = tmp_path / "run"
+    cfg = compose_train([*TINY, "callbacks=fid", f"callbacks.diffusion.fid.backend={extractor_path}",
+                         "callbacks.diffusion.fid.num_images=10", "callbacks.diffusion.fid.batch_size=4",
+                         "diffusion_training.max_steps=4", "diffusion_training.val_every_n_steps=2",
+                         "diffusion_training.ema_every=1", f"output_dir={run}"])
+    train(cfg)
+    rows = list(csv.DictReader((run / "fid.csv").read_text().splitlines()))
+    assert [int(row["step"]) for row in rows] == [2, 4] and all(int(row["num_generated"]) == 10 for row in rows)
+
+    pipe = VQDiffusionPipeline.from_pretrained(run / "pipeline")  # the weights of the last validation
+    pipe.progress = False
+    dataset = instantiate(cfg.data.val)
+    prompts = list(dataset.validation_prompts(10))
+    prompts = [prompts[i % len(prompts)] for i in range(10)]
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat([pipe(prompts[i:i + 4], generator=generator, num_inference_steps=2, guidance_scale=3.0,
+                             output_type="pt").images for i in range(0, 10, 4)])
+    extractor = load_feature_extractor(str(extractor_path))
+    with torch.no_grad():
+        generated = extractor((images * 255).round().to(torch.uint8)).double().numpy()
+        reference = extractor(torch.cat(list(dataset_batches(dataset, 10)))).double().numpy()
+    assert float(rows[-1]["fid"]) == pytest.approx(scipy_fid(reference, generated), rel=1e-4, abs=1e-6)

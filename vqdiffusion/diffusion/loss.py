@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..utils.compiled import compiled
+from ..speed.compile import compiled
 from ..utils.distributed import gather_over_ranks
 from .closed_form import token_terms
 from .process import q_sample

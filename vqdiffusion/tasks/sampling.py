@@ -22,7 +22,8 @@ from PIL import Image
 
 from ..convert.lightning_checkpoint import is_training_checkpoint
 from ..diffusion.samplers import Sampler
-from ..pipeline import SpeedSettings, VQDiffusionPipeline
+from ..pipeline import VQDiffusionPipeline
+from ..speed import SpeedSettings
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import indexed_png, make_grid, save_png
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...utils.compiled import compiled, uses_cuda_graphs
+from ...speed.compile import compiled, uses_cuda_graphs
 from ..process import gumbel_from_uniform, q_posterior, uniform
 from ..schedule import NoiseSchedule
 from .base import Sampler, truncated_log_p

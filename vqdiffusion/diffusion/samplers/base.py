@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...utils.compiled import begin_graph_step
+from ...speed.compile import begin_graph_step
 from ..guidance import check_truncation_rate, truncate, truncate_fast
 from ..loss import LogPX0Fn
 from ..process import LOG_PROB_FLOOR, Generators, q_sample, random_codes

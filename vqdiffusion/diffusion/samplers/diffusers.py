@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ...utils.compiled import begin_graph_step
+from ...speed.compile import begin_graph_step
 from ..loss import LogPX0Fn
 from ..process import LOG_PROB_FLOOR
 from ..schedule import NoiseSchedule

@@ -1,18 +1,11 @@
-"""Inference speed-ups of the denoising transformer: FP8 matmuls and the attention kernel choice.
-
-``VQDiffusionPipeline.optimize`` combines them with fused q/k/v projections, cross-attention keys
-and values computed once per call, and ``torch.compile``; ``bench/sampling.py`` measures
-each against diffusers on the same GPU.
-"""
+"""FP8 matmuls for the denoising transformer's per-token linears (H100/H200 tensor cores)."""
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["Float8Linear", "FP8_SCALINGS", "to_float8", "attention_backend", "ATTENTION_BACKENDS", "E4M3_MAX"]
+__all__ = ["E4M3_MAX", "FP8_SCALINGS", "Float8Linear", "to_float8"]
 
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
@@ -83,24 +76,3 @@ def to_float8(transformer: nn.Module, scaling: str = "row") -> int:
             block.set_submodule(name, Float8Linear(linear, scaling))
             swapped += 1
     return swapped
-
-
-ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
-
-
-@contextmanager
-def attention_backend(name: str):
-    """Run SDPA with ``name`` tried first (then the others), or PyTorch's own order for ``auto``.
-    Head dims that are not a multiple of 64 (ITHQ's 88) are where the choice matters most."""
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {name!r}")
-    if name == "auto":
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    backends = [order[name]] + [b for key, b in order.items() if key != name]
-    with sdpa_kernel(backends, set_priority=True):
-        yield

@@ -15,31 +15,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .diffusion.guidance import check_guidance_scale, check_truncation_rate, classifier_free_guidance
-from .diffusion.samplers import EditSpec, Sampler, make_sampler, sample_prior
-from .diffusion.schedule import NoiseSchedule, model_timestep
-from .models.conditioning import LearnedNullEmbedding, TextEncoder, normalize_prompts
-from .models.fast import ATTENTION_BACKENDS, FP8_SCALINGS, attention_backend, to_float8
-from .models.transformer import VQDiffusionTransformer
-from .models.vqvae import VQVAE
-from .utils.compiled import COMPILE_MODES, compile_fast, compiled
-from .utils.images import to_pil
+from ..diffusion.guidance import check_guidance_scale, check_truncation_rate, classifier_free_guidance
+from ..diffusion.samplers import Sampler, make_sampler
+from ..diffusion.schedule import NoiseSchedule, model_timestep
+from ..models.conditioning import LearnedNullEmbedding, TextEncoder
+from ..models.transformer import VQDiffusionTransformer
+from ..models.vqvae import VQVAE
+from ..speed import FastPath, SpeedSettings
+from ..utils.images import to_pil
+from .inputs import check_condition, check_counts, edit_spec, initial_tokens
 
-__all__ = ["VQDiffusionPipeline", "ImagePipelineOutput", "SpeedSettings"]
-
-OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
-
-
-@dataclass
-class SpeedSettings:
-    """What :meth:`VQDiffusionPipeline.optimize` turned on."""
-
-    fuse_qkv: bool = False
-    cache_context: bool = False
-    attention: str = "auto"
-    fp8: bool = False
-    fp8_scaling: str = "row"
-    compile: str | None = None
+__all__ = ["VQDiffusionPipeline", "ImagePipelineOutput"]
 
 
 @dataclass
@@ -88,9 +74,7 @@ class VQDiffusionPipeline:
         self.text_encoder, self.null_embedding = text_encoder, null_embedding
         self.sampler = make_sampler(sampler)
         self.progress = True
-        self.speed = SpeedSettings()
-        self._network = transformer  # what the denoiser calls: the transformer, or its compiled form
-        self._decode_codes = vqvae.decode  # (B, h, w) codes -> images: the VQ decoder, or its compiled form
+        self.fast = FastPath(transformer, vqvae.decode)  # what sampling calls: as loaded, or sped up by optimize()
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -104,7 +88,7 @@ class VQDiffusionPipeline:
         For a checkpoint, ``ema`` (default True) picks the EMA weights, False the optimiser's,
         and ``text_encoder`` replaces the text encoder path recorded in it.
         """
-        from .convert.lightning_checkpoint import is_training_checkpoint, load_checkpoint_components
+        from ..convert.lightning_checkpoint import is_training_checkpoint, load_checkpoint_components
 
         if is_training_checkpoint(path_or_repo_id):
             components = load_checkpoint_components(path_or_repo_id, ema=True if ema is None else ema,
@@ -113,7 +97,7 @@ class VQDiffusionPipeline:
             if ema is not None or text_encoder is not None:
                 raise ValueError(f"ema and text_encoder apply to training checkpoints (.ckpt files); "
                                  f"{str(path_or_repo_id)!r} is not one")
-            from .convert.diffusers_format import load_pipeline_components
+            from ..convert.diffusers_format import load_pipeline_components
 
             components = load_pipeline_components(path_or_repo_id)
         pipe = cls(**components, **kwargs)
@@ -121,7 +105,7 @@ class VQDiffusionPipeline:
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write a diffusers-format folder (each sub-folder loads with diffusers' own classes)."""
-        from .convert.diffusers_format import save_pipeline
+        from ..convert.diffusers_format import save_pipeline
 
         if self.speed.fp8:
             raise ValueError("this pipeline's linears were converted to FP8 by optimize(fp8=True) and no longer hold "
@@ -135,6 +119,11 @@ class VQDiffusionPipeline:
         builds another pipeline sharing them (as in diffusers)."""
         return {"vqvae": self.vqvae, "transformer": self.transformer, "schedule": self.schedule,
                 "text_encoder": self.text_encoder, "null_embedding": self.null_embedding}
+
+    @property
+    def speed(self) -> SpeedSettings:
+        """What :meth:`optimize` turned on."""
+        return self.fast.settings
 
     @property
     def device(self) -> torch.device:
@@ -152,47 +141,11 @@ class VQDiffusionPipeline:
         self.schedule.to(device=device)
         return self
 
-    def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, attention: str = "auto",
-                 fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False) -> VQDiffusionPipeline:
-        """Inference speed-ups, in place (the pipeline is for sampling afterwards). Returns self.
-
-        Args:
-            fuse_qkv: one matmul for each self-attention's q, k and v.
-            cache_context: cross-attention keys and values computed once per call, not per step.
-            attention: the SDPA kernel tried first: ``auto`` (PyTorch's order), ``cudnn``,
-                ``flash``, ``efficient`` or ``math``.
-            fp8: the blocks' per-token linears as FP8 matmuls (:class:`~.models.fast.Float8Linear`;
-                H100/H200 tensor cores; needs a bfloat16 pipeline).
-            fp8_scaling: ``"row"`` (a scale per token and per output channel) or ``"tensor"`` (one
-                scale per matrix: cuBLAS's FP8 kernels).
-            compile: ``torch.compile`` the transformer, the step math and the VQ decoder: True, or
-                a mode of :data:`~.utils.compiled.COMPILE_MODES`: ``"reduce-overhead"`` (CUDA graphs;
-                for batch 1), ``"tuned"`` (Triton kernels tuned: minutes more compile, for long runs
-                at large batch).
-        """
-        if attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
-        if fp8_scaling not in FP8_SCALINGS:
-            raise ValueError(f"fp8_scaling must be one of {FP8_SCALINGS}, got {fp8_scaling!r}")
-        if fp8 and self.dtype != torch.bfloat16:
-            raise ValueError(f"fp8 needs a bfloat16 pipeline (pipe.to(dtype=torch.bfloat16)), this one is {self.dtype}")
-        mode = None if compile is False else ("default" if compile is True else str(compile))
-        if mode is not None and mode not in COMPILE_MODES:
-            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
-        # every check above comes before the first change below: a refused call leaves the pipeline as it was
-        self.transformer.eval().requires_grad_(False)
-        if fuse_qkv:
-            self.transformer.fuse_qkv()
-        if fp8 and not self.speed.fp8:
-            to_float8(self.transformer, fp8_scaling)
-        self._network = self.transformer if mode is None else compile_fast(self.transformer, mode)
-        # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
-        # large share of a whole call; compiled, they fuse and the convolutions go channels-last
-        self._decode_codes = self.vqvae.decode if mode is None else compile_fast(self.vqvae.decode, mode)
-        self.speed = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context, attention=attention,
-                                   fp8=fp8 or self.speed.fp8,
-                                   fp8_scaling=fp8_scaling if fp8 and not self.speed.fp8 else self.speed.fp8_scaling,
-                                   compile=mode)
+    def optimize(self, **options) -> VQDiffusionPipeline:
+        """Inference speed-ups, in place (the pipeline is for sampling afterwards); returns self.
+        The options and their defaults are :meth:`~vqdiffusion.speed.FastPath.optimize`'s:
+        ``fuse_qkv``, ``cache_context``, ``attention``, ``fp8``, ``fp8_scaling``, ``compile``."""
+        self.fast.optimize(**options)
         return self
 
     # ------------------------------------------------------------------ conditions
@@ -227,10 +180,8 @@ class VQDiffusionPipeline:
         self, conditions: dict[str, torch.Tensor], guidance_scale: float, guidance: bool
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The closure samplers call: (x_t (B, N), paper t (B,)) -> guided log p(x0) (B, K, N)."""
-        network = self._network
-        combine = classifier_free_guidance
-        if self.speed.compile is not None:  # its passes over (B, K, N) fuse into one kernel
-            combine = compiled(classifier_free_guidance, self.speed.compile)
+        network = self.fast.network
+        combine = self.fast.math(classifier_free_guidance)  # compiled, its passes over (B, K, N) fuse into one
         if self.speed.cache_context and "context" in conditions:  # the text is the same at every step
             conditions = {**conditions, "context_kv": self.transformer.context_keys_values(conditions["context"])}
             del conditions["context"]
@@ -296,8 +247,8 @@ class VQDiffusionPipeline:
             keep_mask: (B, N) or (B, h, w) bool, True where ``edit_tokens`` are kept (inpainting).
         """
         cfg = self.transformer.config
-        prompts, groups, labels = self._check_condition(prompt, class_labels, batch_size)
-        self._check_counts(num_images_per_prompt, callback_steps, num_inference_steps, output_type)
+        prompts, groups, labels = check_condition(cfg, prompt, class_labels, batch_size)
+        check_counts(self.schedule, num_images_per_prompt, callback_steps, num_inference_steps, output_type)
         guidance_scale = check_guidance_scale(guidance_scale)
         truncation_rate = check_truncation_rate(truncation_rate)
         if sampler is None and sampler_options:
@@ -307,15 +258,15 @@ class VQDiffusionPipeline:
         guidance = guidance_scale > 1.0 and (cfg.context_dim is not None or cfg.num_classes is not None)
 
         conditions = self._conditions(prompts, labels, num_images_per_prompt, guidance)
-        x_t = self._initial_tokens(latents, batch, chosen, generator)
+        x_t = initial_tokens(cfg, self.schedule, latents, batch, chosen, generator, self.device)
         if edit_image is not None:
             if edit_tokens is not None:
                 raise ValueError("pass edit_image or edit_tokens, not both")
             edit_tokens = self.encode_images(edit_image)
-        edit = self._edit_spec(edit_tokens, edit_start_step, keep_mask, batch)
+        edit = edit_spec(cfg, self.schedule, edit_tokens, edit_start_step, keep_mask, batch, self.device)
         progress = _Progress(callback, callback_steps, self.progress, num_inference_steps)
         chosen.compile_math = self.speed.compile
-        with attention_backend(self.speed.attention):
+        with self.fast.attention():
             tokens = chosen(
                 self.denoiser(conditions, guidance_scale, guidance),
                 self.schedule,
@@ -356,77 +307,12 @@ class VQDiffusionPipeline:
             return tokens
         cfg = self.transformer.config
         grid = tokens.view(tokens.shape[0], cfg.height, cfg.width)
-        images = (self._decode_codes(grid).float() / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
+        images = (self.fast.decode(grid).float() / 2 + 0.5).clamp(0, 1)  # (B, 3, H, W)
         if output_type == "pt":
             return images
         if output_type == "np":
             return images.cpu().permute(0, 2, 3, 1).numpy()
         return to_pil(images)
-
-    # ------------------------------------------------------------------ input checks
-    def _check_condition(self, prompt, class_labels, batch_size) -> tuple[list[str] | None, int, torch.Tensor | None]:
-        cfg = self.transformer.config
-        if cfg.context_dim is not None:
-            if prompt is None:
-                raise ValueError("this is a text-to-image pipeline: pass a prompt (str or list of str)")
-            prompts = normalize_prompts(prompt)
-            return prompts, len(prompts), None
-        if prompt is not None:
-            raise ValueError("this pipeline takes no text; use class_labels= or batch_size=")
-        if cfg.num_classes is not None:
-            if class_labels is None:
-                raise ValueError(f"this pipeline is class-conditional: pass class_labels in [0, {cfg.num_classes - 1}]")
-            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
-            if labels.numel() == 0 or labels.min() < 0 or labels.max() >= cfg.num_classes:
-                raise ValueError(f"class_labels must be in [0, {cfg.num_classes - 1}], got {labels.tolist()}")
-            return None, labels.numel(), labels
-        count = 1 if batch_size is None else batch_size
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return None, count, None
-
-    def _check_counts(self, num_images_per_prompt, callback_steps, num_inference_steps, output_type) -> None:
-        steps = self.schedule.num_timesteps
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-        if not isinstance(callback_steps, int) or callback_steps < 1:
-            raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= steps:
-            raise ValueError(f"num_inference_steps must be an integer in [1, {steps}], got {num_inference_steps!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-
-    def _initial_tokens(self, latents, batch: int, sampler: Sampler, generator) -> torch.Tensor:
-        cfg = self.transformer.config
-        shape = (batch, cfg.num_tokens)
-        if latents is None:
-            if sampler.name == "diffusers":  # diffusers always starts from all-[MASK]
-                return torch.full(shape, self.schedule.mask_index, device=self.device)
-            return sample_prior(self.schedule, shape, self.device, generator)
-        if tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} (batch, tokens), got {tuple(latents.shape)}")
-        if latents.dtype.is_floating_point or latents.min() < 0 or latents.max() > cfg.num_embeds:
-            raise ValueError(
-                f"latents must be integer token indices in [0, {cfg.num_embeds}] ({cfg.num_embeds} = [MASK])"
-            )
-        return latents.to(self.device, torch.long)
-
-    def _edit_spec(self, tokens, start_step, keep_mask, batch: int) -> EditSpec | None:
-        if tokens is None:
-            if start_step is not None or keep_mask is not None:
-                raise ValueError("edit_start_step and keep_mask need edit_tokens")
-            return None
-        cfg = self.transformer.config
-        tokens = tokens.reshape(tokens.shape[0], -1).to(self.device, torch.long)
-        if tuple(tokens.shape) != (batch, cfg.num_tokens):
-            raise ValueError(f"edit_tokens must hold ({batch}, {cfg.num_tokens}) codes, got {tuple(tokens.shape)}")
-        if tokens.min() < 0 or tokens.max() >= cfg.num_embeds:
-            raise ValueError(f"edit_tokens must be codes in [0, {cfg.num_embeds - 1}]")
-        if start_step is not None and not 1 <= start_step <= self.schedule.num_timesteps:
-            raise ValueError(f"edit_start_step must be in [1, {self.schedule.num_timesteps}], got {start_step}")
-        if keep_mask is not None:
-            keep_mask = keep_mask.reshape(batch, -1).to(self.device, torch.bool)
-        return EditSpec(tokens, start_step, keep_mask)
 
 
 class _Progress:

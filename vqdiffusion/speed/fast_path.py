@@ -1,0 +1,98 @@
+"""The sampling fast path: the callables a pipeline samples through, as loaded or sped up.
+
+:meth:`FastPath.optimize` (what ``VQDiffusionPipeline.optimize`` calls) fuses q/k/v, swaps the
+blocks' linears for FP8 ones, compiles the transformer and the VQ decoder, and records the SDPA
+kernel choice and whether cross-attention keys and values are cached; the pipeline then calls
+``network``, ``decode`` and ``math(fn)`` without knowing which of these are on.
+``bench/sampling.py`` measures each against diffusers on the same GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import ATTENTION_BACKENDS, attention_backend
+from .compile import COMPILE_MODES, compile_fast, compiled
+from .fp8 import FP8_SCALINGS, to_float8
+
+__all__ = ["FastPath", "SpeedSettings"]
+
+
+@dataclass
+class SpeedSettings:
+    """What :meth:`FastPath.optimize` turned on."""
+
+    fuse_qkv: bool = False
+    cache_context: bool = False
+    attention: str = "auto"
+    fp8: bool = False
+    fp8_scaling: str = "row"
+    compile: str | None = None
+
+
+class FastPath:
+    """``network`` (the transformer's call), ``decode`` ((B, h, w) codes -> images) and
+    ``math(fn)`` (a pure tensor function of the step, compiled when compiling), for one
+    transformer and VQ decoder."""
+
+    def __init__(self, transformer: nn.Module, decode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.transformer, self.decode_eager = transformer, decode
+        self.settings = SpeedSettings()
+        self.network: Callable = transformer
+        self.decode: Callable = decode
+
+    def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, attention: str = "auto",
+                 fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False) -> None:
+        """Inference speed-ups, in place (the transformer is for sampling afterwards).
+
+        Args:
+            fuse_qkv: one matmul for each self-attention's q, k and v.
+            cache_context: cross-attention keys and values computed once per call, not per step.
+            attention: the SDPA kernel tried first: ``auto`` (PyTorch's order), ``cudnn``,
+                ``flash``, ``efficient`` or ``math``.
+            fp8: the blocks' per-token linears as FP8 matmuls (:class:`~.fp8.Float8Linear`;
+                H100/H200 tensor cores; needs a bfloat16 transformer).
+            fp8_scaling: ``"row"`` (a scale per token and per output channel) or ``"tensor"`` (one
+                scale per matrix: cuBLAS's FP8 kernels).
+            compile: ``torch.compile`` the transformer, the step math and the VQ decoder: True, or
+                a mode of :data:`~.compile.COMPILE_MODES`: ``"reduce-overhead"`` (CUDA graphs;
+                for batch 1), ``"tuned"`` (Triton kernels tuned: minutes more compile, for long runs
+                at large batch).
+        """
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        if fp8_scaling not in FP8_SCALINGS:
+            raise ValueError(f"fp8_scaling must be one of {FP8_SCALINGS}, got {fp8_scaling!r}")
+        dtype = next(self.transformer.parameters()).dtype
+        if fp8 and dtype != torch.bfloat16:
+            raise ValueError(f"fp8 needs a bfloat16 pipeline (pipe.to(dtype=torch.bfloat16)), this one is {dtype}")
+        mode = None if compile is False else ("default" if compile is True else str(compile))
+        if mode is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
+        # every check above comes before the first change below: a refused call leaves the pipeline as it was
+        self.transformer.eval().requires_grad_(False)
+        if fuse_qkv:
+            self.transformer.fuse_qkv()
+        converted = self.settings.fp8
+        if fp8 and not converted:
+            to_float8(self.transformer, fp8_scaling)
+        self.network = self.transformer if mode is None else compile_fast(self.transformer, mode)
+        # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
+        # large share of a whole call; compiled, they fuse and the convolutions go channels-last
+        self.decode = self.decode_eager if mode is None else compile_fast(self.decode_eager, mode)
+        self.settings = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context, attention=attention,
+                                      fp8=fp8 or converted,
+                                      fp8_scaling=fp8_scaling if fp8 and not converted else self.settings.fp8_scaling,
+                                      compile=mode)
+
+    def math(self, function: Callable) -> Callable:
+        """``function`` compiled in the fast path's mode, or as is when not compiling."""
+        return function if self.settings.compile is None else compiled(function, self.settings.compile)
+
+    def attention(self):
+        """A context in which SDPA tries the chosen kernel first."""
+        return attention_backend(self.settings.attention)
