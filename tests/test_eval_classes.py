@@ -80,11 +80,16 @@ def test_fid_from_cached_sums_equals_fid_from_features():
     from_sums = DistributionMetrics(6, kid=False)
     statistics = feature_statistics(torch.nn.Identity(), real.split(7), progress=False)
     assert int(statistics["count"]) == 40
-    from_sums.add_reference_statistics(statistics)
+    from_sums.add_statistics(statistics)
     from_sums.update(fake, real=False)
-    assert from_sums.compute()["fid"] == pytest.approx(from_features.compute()["fid"], rel=1e-9)
-    with pytest.raises(ValueError, match="KID needs the reference features"):
-        DistributionMetrics(6).add_reference_statistics(statistics)
+    expected = from_features.compute()["fid"]
+    assert from_sums.compute()["fid"] == pytest.approx(expected, rel=1e-9)
+    both_sums = DistributionMetrics(6, kid=False)
+    both_sums.add_statistics(statistics, real=True)
+    both_sums.add_statistics(feature_statistics(torch.nn.Identity(), fake.split(4), progress=False), real=False)
+    assert both_sums.compute()["fid"] == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="KID needs the features themselves"):
+        DistributionMetrics(6).add_statistics(statistics)
 
 
 def test_the_fid_helper_backend_has_no_head_for_the_inception_score():

@@ -61,14 +61,17 @@ class DistributionMetrics(nn.Module):
         if self.kid is not None:
             self.kid.update(features, real=real)
 
-    def add_reference_statistics(self, statistics: dict[str, torch.Tensor]) -> None:
-        """Add reference images by their feature sums (see :func:`feature_statistics`); FID only."""
+    def add_statistics(self, statistics: dict[str, torch.Tensor], real: bool = True) -> None:
+        """Add real (reference) or generated images by their feature sums (see
+        :func:`feature_statistics`); FID only."""
         if self.kid is not None:
-            raise ValueError("KID needs the reference features themselves, not their sums")
+            raise ValueError("KID needs the features themselves, not their sums")
+        side = "real" if real else "fake"
         device = self.fid.real_features_sum.device
-        self.fid.real_features_sum += statistics["sum"].to(device)
-        self.fid.real_features_cov_sum += statistics["cov_sum"].to(device)
-        self.fid.real_features_num_samples += int(statistics["count"])
+        getattr(self.fid, f"{side}_features_sum").add_(statistics["sum"].to(device))
+        getattr(self.fid, f"{side}_features_cov_sum").add_(statistics["cov_sum"].to(device))
+        getattr(self.fid, f"{side}_features_num_samples").add_(int(statistics["count"]))
+        self.fid.orig_dtype = torch.float64  # what update() records of the features (compute() casts to it)
 
     def counts(self) -> tuple[int, int]:
         """(real, generated) images seen on all ranks."""

@@ -158,7 +158,7 @@ def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: i
         if kid:
             metrics.update(reference.to(device), real=True)
         else:
-            metrics.add_reference_statistics(reference)
+            metrics.add_statistics(reference)
     metrics.update(generated.to(device), real=False)
     values = metrics.compute()  # torchmetrics gathers every rank's states here
     values["protocol"] = {"reference": f"{type(dataset).__name__} {ev.reference_split}", "reference_count": count,

@@ -91,14 +91,14 @@ class ValidationFID(pl.Callback):
         generated = extract_features(self._extractor, self._generated_batches(module, reference_set), device,
                                      progress=False)
         metrics = DistributionMetrics(generated.shape[1], kid=False).to(device)
-        metrics.add_reference_statistics(self._reference)
+        metrics.add_statistics(self._reference)
         metrics.update(generated.to(device), real=False)
         return metrics.compute()
 
     def _generated_batches(self, module, dataset):
         """uint8 (B, 3, H, W) batches of the EMA pipeline's images, rounded as its PNGs are."""
         pipe = module.pipeline()
-        pipe.progress = False
+        pipe.set_progress_bar_config(disable=True)
         num_classes = module.transformer.config.num_classes
         inputs, _ = module.condition.validation_call(dataset, None, self.num_images, num_classes)
         generator = torch.Generator(module.device).manual_seed(self.seed)

@@ -1,0 +1,97 @@
+"""FID floors of a dataset at the evaluation protocol: numbers no model trained here can beat.
+
+    python bench/fid_floors.py data=fashion_mnist [--tokenizers RUN/tokenizer ...] [--count 10000] \
+        [--backend fid-helper] [data.train.root=...]
+
+Positional arguments are ``train.py`` overrides that pick the data (its size is the protocol's
+resolution). Against the first ``--count`` images of the validation split (for Fashion-MNIST the
+test set), through the same extractor, FID and pixel rounding as ``sample.py eval.metrics=[fid]``:
+
+- ``train``: the first ``--count`` training images: the metric's own floor, the FID two samples
+  of the real distribution score at this size.
+- ``reconstructions``: each tokenizer's encode + decode of the validation images (rFID), with
+  their PSNR: a diffusion model over a tokenizer's codes cannot score below its rFID.
+
+Rows go to ``bench/results/fid_floors.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from common import Results
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from vqdiffusion.eval.distribution import DistributionMetrics, feature_statistics
+from vqdiffusion.eval.features import load_feature_extractor
+from vqdiffusion.eval.run import BATCH, dataset_batches, to_uint8
+from vqdiffusion.tasks.training import load_tokenizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@torch.no_grad()
+def reconstruction_batches(vqvae, dataset, count: int, device, psnr: list):
+    """uint8 batches of the tokenizer's reconstructions of the first ``count`` images; appends each
+    batch's (squared error sum, pixel count) to ``psnr``."""
+    for start in range(0, count, BATCH):
+        images = torch.stack([dataset[i]["image"] for i in range(start, min(count, start + BATCH))]).to(device)
+        recon = vqvae.decode(vqvae.encode(images)).float().clamp(-1, 1)
+        psnr.append((float(((recon - images) ** 2).sum()), images.numel()))
+        yield to_uint8(recon)
+
+
+def fid_of_statistics(reference: dict[str, torch.Tensor], generated: dict[str, torch.Tensor]) -> float:
+    """FID between two image sets given by their feature sums (torchmetrics' computation)."""
+    metrics = DistributionMetrics(reference["sum"].numel(), kid=False)
+    metrics.add_statistics(reference, real=True)
+    metrics.add_statistics(generated, real=False)
+    return metrics.compute()["fid"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="train.py overrides choosing the data, e.g. data=fashion_mnist")
+    parser.add_argument("--tokenizers", nargs="*", default=[], help="tokenizer folders, run folders or hub ids")
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--backend", default="fid-helper", help="fid-helper, torch-fidelity or a TorchScript path")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=["output_dir=.", *args.overrides])
+    train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data.val)
+    count = min(args.count, len(val_set), len(train_set))
+    size = tuple(val_set[0]["image"].shape[-2:])
+    extractor = load_feature_extractor(args.backend)
+    results = Results("fid_floors")
+    stamp = {"data": cfg.data.train._target_.rsplit(".", 1)[-1], "size": f"{size[0]}x{size[1]}", "count": count,
+             "backend": Path(args.backend).name}
+
+    start = time.perf_counter()
+    reference = feature_statistics(extractor, dataset_batches(val_set, count), device, progress=False)
+    train = feature_statistics(extractor, dataset_batches(train_set, count), device, progress=False)
+    row = {**stamp, "set": "train", "tokenizer": "", "fid": fid_of_statistics(reference, train),
+           "seconds": time.perf_counter() - start}
+    results.append(row)
+    print(row)
+    for path in args.tokenizers:
+        start = time.perf_counter()
+        vqvae = load_tokenizer(path).to(device)
+        errors: list[tuple[float, int]] = []
+        statistics = feature_statistics(extractor, reconstruction_batches(vqvae, val_set, count, device, errors),
+                                        device, progress=False)
+        mse = sum(e for e, _ in errors) / sum(n for _, n in errors)
+        row = {**stamp, "set": "reconstructions", "tokenizer": path, "fid": fid_of_statistics(reference, statistics),
+               "psnr_db": float(10 * torch.log10(torch.tensor(4.0 / mse))), "codes": vqvae.num_codes,
+               "tokens": "x".join(str(s // vqvae.config.downsample_factor) for s in size),
+               "seconds": time.perf_counter() - start}
+        results.append(row)
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
