@@ -111,7 +111,7 @@ def test_not_a_folder_nor_a_hub_id(tmp_path):
 def test_saved_pipeline_round_trips(saved):
     original = tiny_pipeline("text")
     loaded = VQDiffusionPipeline.from_pretrained(saved)
-    loaded.progress = False
+    loaded.set_progress_bar_config(disable=True)
     a = original("a red circle", output_type="np", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
     b = loaded("a red circle", output_type="np", num_inference_steps=5, generator=torch.Generator().manual_seed(0))
     assert (a.images == b.images).all()
@@ -123,7 +123,7 @@ def test_class_conditional_pipeline_saves_in_its_own_class_and_round_trips(tmp_p
     config = json.loads((tmp_path / "cls" / "transformer" / "config.json").read_text())
     assert config["_class_name"] == "VQDiffusionTransformer" and config["num_classes"] == 10
     loaded = VQDiffusionPipeline.from_pretrained(tmp_path / "cls")
-    loaded.progress = False
+    loaded.set_progress_bar_config(disable=True)
     kwargs = dict(class_labels=[4, 7], num_inference_steps=4, output_type="tokens")
     a = pipe(generator=torch.Generator().manual_seed(1), **kwargs).images
     b = loaded(generator=torch.Generator().manual_seed(1), **kwargs).images

@@ -65,17 +65,37 @@ def test_loss_terms_by_hand_at_t1_are_the_decoder_nll():
     assert float(out["loss"]) == pytest.approx(100 * float(nll), rel=1e-3)
 
 
-def test_auxiliary_factor_and_weights():
+@pytest.mark.parametrize("t,factor", [(1, 2.0), (50, 1.51), (100, 1.01)])
+def test_adaptive_auxiliary_factor_is_the_authors_at_their_zero_based_time(t, factor):
+    """The authors scale the auxiliary term by (1 - i/T) + 1 with their 0-based index i = t - 1:
+    2 at t = 1, 1 + 1/T at t = T (by hand, T = 100)."""
     schedule = NoiseSchedule(K)
     x0 = torch.randint(0, K, (B, N))
     logits = torch.randn(B, K, N)
-    t = torch.full((B,), 50)
+    times = torch.full((B,), t)
     plain = DiffusionLoss(schedule, LossConfig(auxiliary_weight=1e-3, adaptive_auxiliary=False))
     adaptive = DiffusionLoss(schedule, LossConfig(auxiliary_weight=1e-3, adaptive_auxiliary=True))
-    a = plain(lambda x, s: logits.log_softmax(1), x0, torch.Generator().manual_seed(0), t=t)
-    b = adaptive(lambda x, s: logits.log_softmax(1), x0, torch.Generator().manual_seed(0), t=t)
-    assert float(b["aux"]) == pytest.approx(1.5 * float(a["aux"]), rel=1e-5)  # (1 - 50/100) + 1
+    a = plain(lambda x, s: logits.log_softmax(1), x0, torch.Generator().manual_seed(0), t=times)
+    b = adaptive(lambda x, s: logits.log_softmax(1), x0, torch.Generator().manual_seed(0), t=times)
+    assert float(a["aux"]) > 0
+    assert float(b["aux"]) == pytest.approx(factor * float(a["aux"]), rel=1e-5)
     assert float(a["vb"]) == pytest.approx(float(b["vb"]), rel=1e-6)
+
+
+def test_mask_weights_scale_the_kl_terms_and_leave_the_decoder_nll_alone():
+    """As the authors: masked/unmasked weights on the KL terms (t > 1), none on the t = 1 NLL."""
+    schedule = NoiseSchedule(K)
+    x0 = torch.randint(0, K, (B, N))
+    logits = torch.randn(B, K, N).log_softmax(1)
+    plain = DiffusionLoss(schedule, LossConfig(auxiliary_weight=0.0, time_sampling="uniform"))
+    weighted = DiffusionLoss(schedule, LossConfig(auxiliary_weight=0.0, time_sampling="uniform",
+                                                  masked_weight=3.0, unmasked_weight=3.0))
+    first = torch.ones(B, dtype=torch.long)
+    late = torch.full((B,), 60)
+    for t, ratio in ((first, 1.0), (late, 3.0)):
+        a = plain(lambda x, s: logits, x0, torch.Generator().manual_seed(0), t=t)
+        b = weighted(lambda x, s: logits, x0, torch.Generator().manual_seed(0), t=t)
+        assert float(b["vb"]) == pytest.approx(ratio * float(a["vb"]), rel=1e-5)
 
 
 def test_importance_history_survives_state_dict_and_switches_on():

@@ -24,7 +24,7 @@ def pipelines(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("diffusers_folder")
     reference.save_pretrained(folder)
     ours = VQDiffusionPipeline.from_pretrained(folder, sampler="diffusers")
-    ours.progress = False
+    ours.set_progress_bar_config(disable=True)
     return reference, ours, tmp_path_factory
 
 
@@ -68,7 +68,7 @@ def test_saved_folder_loads_in_diffusers_and_gives_the_same_images(pipelines):
     for case in CASES[:2]:
         assert np.abs(run(reloaded, *case) - run(reference, *case)).max() < 1e-4
     again = VQDiffusionPipeline.from_pretrained(folder, sampler="diffusers")
-    again.progress = False
+    again.set_progress_bar_config(disable=True)
     assert np.abs(run(again, *CASES[1]) - run(ours, *CASES[1])).max() == 0
 
 

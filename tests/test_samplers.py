@@ -144,7 +144,7 @@ def test_one_generator_per_image_gives_the_same_image_in_any_batch(sampler):
     from vqdiffusion.tiny import tiny_pipeline
 
     pipe = tiny_pipeline("text", sampler=sampler)
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     prompts = ["a red circle", "a blue square", "a red circle"]
     kwargs = dict(num_inference_steps=5, guidance_scale=2.0, truncation_rate=0.9, output_type="tokens")
     together = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9)], **kwargs).images
@@ -158,6 +158,6 @@ def test_generator_list_must_match_the_batch():
     from vqdiffusion.tiny import tiny_pipeline
 
     pipe = tiny_pipeline("text")
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="got 1 generators for a batch of 2"):
         pipe(["a", "b"], num_inference_steps=2, generator=[torch.Generator()])

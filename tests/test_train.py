@@ -125,6 +125,9 @@ def test_debug_fdr_runs_the_quickstart_end_to_end_in_one_batch_per_stage(tmp_pat
     assert metrics["diffusion"]["steps"] == 1 and metrics["diffusion"]["final_images"] == 2
     assert (tmp_path / "pipeline" / "model_index.json").exists()
     assert not list(tmp_path.rglob("*.ckpt"))  # fast_dev_run writes no checkpoints
+    card = (tmp_path / "pipeline" / "README.md").read_text()  # the model card: the run's data, settings, numbers
+    assert "pipeline_tag: \"text-to-image\"" in card and "| training data | ShapesDataset (" in card
+    assert "num_inference_steps=2" in card and "| final_images | 2 |" in card
 
 
 def test_coco_debug_fdr_reaches_the_missing_data_message(tmp_path):
@@ -242,7 +245,7 @@ def test_a_training_checkpoint_samples_as_the_pipeline_exported_from_its_weights
     checkpoint = run / "checkpoints" / "step_0000003.ckpt"
 
     def images(pipe, seed=0):
-        pipe.progress = False
+        pipe.set_progress_bar_config(disable=True)
         return pipe("a red circle", num_inference_steps=4, num_images_per_prompt=3, guidance_scale=2.0,
                     generator=torch.Generator().manual_seed(seed), output_type="pt").images
 
@@ -310,7 +313,7 @@ def test_validation_fid_scores_the_ema_weights_as_an_evaluation_of_their_images(
     assert [int(row["step"]) for row in rows] == [2, 4] and all(int(row["num_generated"]) == 10 for row in rows)
 
     pipe = VQDiffusionPipeline.from_pretrained(run / "pipeline")  # the weights of the last validation
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     dataset = instantiate(cfg.data.val)
     prompts = list(dataset.validation_prompts(10))
     prompts = [prompts[i % len(prompts)] for i in range(10)]

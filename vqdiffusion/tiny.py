@@ -73,5 +73,5 @@ def tiny_pipeline(kind: str = "text", seed: int = 0, sampler: str = "ancestral")
                                context_dim=context_dim, num_classes=num_classes)
     pipe = VQDiffusionPipeline(VQVAE(TINY_VQVAE).eval(), VQDiffusionTransformer(config).eval(), NoiseSchedule(K),
                                text_encoder=text_encoder, null_embedding=null, sampler=sampler)
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     return pipe

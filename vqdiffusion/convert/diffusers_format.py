@@ -33,7 +33,7 @@ from ..models.vqvae import VQVAE, VQVAEConfig
 from ..version import __version__
 from .state_dict import load_checked
 
-__all__ = ["load_pipeline_components", "save_pipeline", "resolve_folder", "DIFFUSERS_VERSION"]
+__all__ = ["load_pipeline_components", "save_pipeline", "resolve_folder", "diffusers_pipeline", "DIFFUSERS_VERSION"]
 
 DIFFUSERS_VERSION = "0.42.1"  # written into configs; the format has not changed since 0.10
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -262,3 +262,33 @@ def save_pipeline(directory: str | os.PathLike, vqvae: VQVAE, transformer: VQDif
             }, root / NULL_EMBEDDING_FOLDER)
             index[NULL_EMBEDDING_FOLDER] = ["vq_diffusion", "LearnedClassifierFreeSamplingEmbeddings"]
         (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def diffusers_pipeline(path_or_repo_id: str | os.PathLike):
+    """diffusers' own ``VQDiffusionPipeline`` from a folder of this layout, each component read
+    with its diffusers / transformers class.
+
+    ``diffusers.DiffusionPipeline.from_pretrained(folder)`` cannot do this since diffusers 0.40:
+    the null-embedding class is no longer exported (folders diffusers saves name it under
+    ``diffusers``, the hub's under ``vq_diffusion``), and passing the component in does not
+    help, as ``model_index.json`` is checked first. Only text models exist there.
+    """
+    from diffusers import Transformer2DModel, VQDiffusionPipeline, VQDiffusionScheduler, VQModel
+    from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
+        LearnedClassifierFreeSamplingEmbeddings,
+    )
+    from transformers import AutoModel, AutoTokenizer
+
+    root = resolve_folder(path_or_repo_id)
+    if read_json(root / "transformer" / "config.json").get("_class_name") == OWN_TRANSFORMER_CLASS:
+        raise ValueError(f"{root} holds a model diffusers' Transformer2DModel cannot express (class-conditional, "
+                         "non-square or another feed-forward width): load it with vqdiffusion.VQDiffusionPipeline")
+    return VQDiffusionPipeline(
+        vqvae=VQModel.from_pretrained(root / "vqvae"),
+        transformer=Transformer2DModel.from_pretrained(root / "transformer"),
+        text_encoder=AutoModel.from_pretrained(root / "text_encoder", trust_remote_code=False),
+        tokenizer=AutoTokenizer.from_pretrained(root / "tokenizer", trust_remote_code=False),
+        scheduler=VQDiffusionScheduler.from_pretrained(root / "scheduler"),
+        learned_classifier_free_sampling_embeddings=LearnedClassifierFreeSamplingEmbeddings.from_pretrained(
+            root / NULL_EMBEDDING_FOLDER),
+    )

@@ -49,6 +49,7 @@ from ..models.conditioning import LearnedNullEmbedding, TextEncoder
 from ..models.transformer import TransformerConfig, VQDiffusionTransformer
 from ..models.vqvae import VQVAE, VQVAEConfig
 from .diffusers_format import save_pipeline
+from .model_card import write_model_card
 from .state_dict import load_checked
 
 __all__ = [
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     save_pipeline(args.out, **original_components(args.checkpoint, args.vqvae, args.text_encoder, args.num_heads,
                                                   not args.no_ema))
+    write_model_card(args.out)
     print(f"wrote {args.out}")
 
 

@@ -28,9 +28,14 @@ LogPX0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class LossConfig:
     auxiliary_weight: float = 5e-4  # lambda: 5e-4 for text, 1e-3 for class-conditional (SPEC §7)
-    adaptive_auxiliary: bool = True  # scale the auxiliary term by (1 - t/T) + 1 as the original
-    masked_weight: float = 1.0  # weight of KL terms at positions that are [MASK] in x_t
-    unmasked_weight: float = 1.0  # ... and at positions that are not
+    # scale the auxiliary term by 2 - (t - 1)/T at paper time t (1 at t = 1 ... 1 + 1/T at t = T):
+    # the authors' (1 - t/T) + 1 with their 0-based t
+    adaptive_auxiliary: bool = True
+    # Weights of the KL terms (the bound's and the auxiliary one) at positions that are [MASK] in
+    # x_t, and at positions that are not. As in the authors' code they leave the t = 1 decoder NLL
+    # unweighted: at t = 1 every position counts once, whatever x_1 holds.
+    masked_weight: float = 1.0
+    unmasked_weight: float = 1.0
     time_sampling: str = "importance"  # "uniform" or "importance" (p_t ~ sqrt(E[L_t^2]))
     importance_min_count: int = 10  # every t must be seen more often than this before IS starts
     history_decay: float = 0.9  # running mean of L_t^2: new = decay * old + (1 - decay) * L_t^2
@@ -60,7 +65,7 @@ def per_sample_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, 
     terms = terms_of_tokens(logits, x0, x_t, t, schedule)
     weight = torch.where(x_t == schedule.mask_index, masked_weight, unmasked_weight)  # (B, N)
     kl = (terms.kl * weight).sum(1)  # (B,)
-    decoder_nll = (terms.decoder_nll * weight).sum(1)
+    decoder_nll = terms.decoder_nll.sum(1)
     is_first = t == 1
     bound = torch.where(is_first, decoder_nll, kl)
 
@@ -68,7 +73,7 @@ def per_sample_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, 
     if auxiliary_weight > 0:
         kl_aux = (terms.x0_nll * weight).sum(1)  # KL(onehot(x0) || p(x0 | x_t))
         aux = torch.where(is_first, decoder_nll, kl_aux)
-        factor = (1 - t / schedule.num_timesteps) + 1 if adaptive_auxiliary else torch.ones_like(bound)
+        factor = 2 - (t - 1) / schedule.num_timesteps if adaptive_auxiliary else torch.ones_like(bound)
         aux = auxiliary_weight * factor * aux
     return bound, kl, decoder_nll, aux
 

@@ -50,7 +50,7 @@ class SampleGrid(pl.Callback):
 def sample_for_validation(module, dataset, prompts, num_images: int, seed: int, **kwargs):
     """(PIL images, their prompts or None) from the module's EMA pipeline."""
     pipe = module.pipeline()
-    pipe.progress = False
+    pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(module.device).manual_seed(seed)
     was_training = module.training
     module.eval()

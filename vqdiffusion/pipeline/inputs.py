@@ -5,13 +5,42 @@ from __future__ import annotations
 import torch
 
 from ..diffusion.samplers import EditSpec, Sampler, sample_prior
-from ..diffusion.schedule import NoiseSchedule
+from ..diffusion.schedule import NoiseSchedule, model_timestep
 from ..models.conditioning import normalize_prompts
 from ..models.transformer import TransformerConfig
+from ..models.vqvae import VQVAE
 
-__all__ = ["OUTPUT_TYPES", "check_condition", "check_counts", "edit_spec", "initial_tokens"]
+__all__ = ["OUTPUT_TYPES", "check_components", "check_condition", "check_counts", "check_first_time", "edit_spec",
+           "initial_tokens"]
 
-OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "latent")
+
+
+def check_components(cfg: TransformerConfig, schedule: NoiseSchedule, vqvae: VQVAE) -> None:
+    """The components of one model agree where sampling needs them to.
+
+    The transformer predicts codes ``0..K-1`` and the schedule must walk the same ``K`` codes +
+    [MASK]. The codebook may hold more rows than ``K`` (they are never sampled), but not fewer.
+    The transformer's timestep table may be shorter than the schedule: such a model samples
+    only chains that start inside the table (:func:`check_first_time`). Both hold for the
+    folders diffusers' VQ-Diffusion pipeline runs, its own test models among them.
+    """
+    if schedule.num_codes != cfg.num_embeds:
+        raise ValueError(f"components disagree on the number of codes: the transformer predicts {cfg.num_embeds} "
+                         f"codes + [MASK], the schedule walks {schedule.num_codes} + [MASK]")
+    if vqvae.num_codes < cfg.num_embeds:
+        raise ValueError(f"components disagree on the number of codes: the transformer predicts {cfg.num_embeds} "
+                         f"codes but the vqvae's codebook holds only {vqvae.num_codes}")
+
+
+def check_first_time(cfg: TransformerConfig, sampler: Sampler, first_time: int) -> None:
+    """The chain's first (highest) paper time must have a row in the transformer's timestep table."""
+    if model_timestep(first_time) >= cfg.num_timesteps:
+        raise ValueError(
+            f"the {sampler.name!r} sampler would start at timestep {model_timestep(first_time)}, but this transformer "
+            f"embeds timesteps 0..{cfg.num_timesteps - 1} only (its timestep table is shorter than its schedule); "
+            f"sample it with sampler='diffusers' and num_inference_steps <= {cfg.num_timesteps} (diffusers' "
+            f"truncated chain: the most diffusers itself can run)")
 
 
 def check_condition(cfg: TransformerConfig, prompt, class_labels,

@@ -7,6 +7,7 @@ serves ``sample.py``, validation-time sampling during training and FID/CLIP eval
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..models.transformer import VQDiffusionTransformer
 from ..models.vqvae import VQVAE
 from ..speed import FastPath, SpeedSettings
 from ..utils.images import to_pil
-from .inputs import check_condition, check_counts, edit_spec, initial_tokens
+from .inputs import check_components, check_condition, check_counts, check_first_time, edit_spec, initial_tokens
 
 __all__ = ["VQDiffusionPipeline", "ImagePipelineOutput"]
 
@@ -58,23 +59,25 @@ class VQDiffusionPipeline:
         null_embedding: LearnedNullEmbedding | None = None,
         sampler: str | Sampler = "ancestral",
     ) -> None:
+        check_components(transformer.config, schedule, vqvae)
         cfg = transformer.config
-        if schedule.num_codes != cfg.num_embeds or vqvae.num_codes != cfg.num_embeds:
-            raise ValueError(
-                f"components disagree on the number of codes: transformer {cfg.num_embeds}, "
-                f"schedule {schedule.num_codes}, vqvae {vqvae.num_codes}"
-            )
-        if schedule.num_timesteps != cfg.num_timesteps:
-            raise ValueError(
-                f"schedule has {schedule.num_timesteps} steps but the transformer embeds {cfg.num_timesteps}"
-            )
         if cfg.context_dim is not None and text_encoder is None:
             raise ValueError("this transformer cross-attends to text: pass a text_encoder")
         self.vqvae, self.transformer, self.schedule = vqvae, transformer, schedule
         self.text_encoder, self.null_embedding = text_encoder, null_embedding
         self.sampler = make_sampler(sampler)
-        self.progress = True
+        self.progress_bar_config: dict = {}
         self.fast = FastPath(transformer, vqvae.decode)  # what sampling calls: as loaded, or sped up by optimize()
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm's keyword arguments for the sampling progress bar, as in diffusers:
+        ``disable=True`` hides it, ``disable=None`` hides it when the output is not a terminal."""
+        from tqdm.std import tqdm  # tqdm.auto's class takes **kwargs: the plain one names them
+
+        unknown = sorted(set(kwargs) - set(inspect.signature(tqdm.__init__).parameters) - {"self"})
+        if unknown:
+            raise ValueError(f"set_progress_bar_config got {unknown}, which are not tqdm arguments")
+        self.progress_bar_config = {**self.progress_bar_config, **kwargs}
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -103,15 +106,38 @@ class VQDiffusionPipeline:
         pipe = cls(**components, **kwargs)
         return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write a diffusers-format folder (each sub-folder loads with diffusers' own classes)."""
+    def save_pretrained(self, directory: str | os.PathLike, *, model_card: dict | None = None) -> None:
+        """Write a diffusers-format folder (each sub-folder loads with diffusers' own classes) and
+        its model card ``README.md``; ``model_card`` adds to the card what the folder cannot say
+        (:func:`~vqdiffusion.convert.model_card.model_card`'s ``base_model``, ``training_data``,
+        ``sampler``, ``metrics``)."""
         from ..convert.diffusers_format import save_pipeline
+        from ..convert.model_card import write_model_card
 
         if self.speed.fp8:
             raise ValueError("this pipeline's linears were converted to FP8 by optimize(fp8=True) and no longer hold "
                              "the original weights: save the pipeline before optimizing it")
 
         save_pipeline(directory, **self.components)
+        write_model_card(directory, **(model_card or {}))
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload VQ-Diffusion pipeline", create_pr: bool = False,
+                    model_card: dict | None = None):
+        """Save the pipeline (with its card) and upload the folder to the hub repository
+        ``repo_id``, creating it if needed (``huggingface_hub``; ``token`` or the logged-in
+        user's). Returns huggingface_hub's commit information."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as staging:
+            folder = os.path.join(staging, "pipeline")
+            self.save_pretrained(folder, model_card=model_card)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                     create_pr=create_pr)
 
     @property
     def components(self) -> dict:
@@ -232,9 +258,9 @@ class VQDiffusionPipeline:
                 (image i's draws then come from generator i alone: the same image whatever the
                 batch it is drawn in).
             latents: (B, N) starting tokens in ``0..K`` (K = [MASK]); the prior otherwise.
-            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"tokens"``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"``, or ``"tokens"`` / ``"latent"`` (the codes).
             callback: ``callback(step, timestep, tokens)`` every ``callback_steps`` calls, with
-                the (B, N) tokens after the step and the model timestep just left.
+                the (B, N) tokens after the step and the model timestep just left (a 0-d tensor).
             sampler: override the pipeline's sampler (name or object).
             sampler_options: keyword arguments for a sampler given by name, e.g.
                 ``{"purity_weight": 2.0}`` for ``"purity"``.
@@ -264,7 +290,8 @@ class VQDiffusionPipeline:
                 raise ValueError("pass edit_image or edit_tokens, not both")
             edit_tokens = self.encode_images(edit_image)
         edit = edit_spec(cfg, self.schedule, edit_tokens, edit_start_step, keep_mask, batch, self.device)
-        progress = _Progress(callback, callback_steps, self.progress, num_inference_steps)
+        check_first_time(cfg, chosen, chosen.first_time(self.schedule, num_inference_steps, edit))
+        progress = _Progress(callback, callback_steps, self.progress_bar_config, num_inference_steps, self.device)
         chosen.compile_math = self.speed.compile
         with self.fast.attention():
             tokens = chosen(
@@ -303,7 +330,7 @@ class VQDiffusionPipeline:
 
     def decode(self, tokens: torch.Tensor, output_type: str = "pil"):
         """(B, N) codes -> images in the requested ``output_type``."""
-        if output_type == "tokens":
+        if output_type in ("tokens", "latent"):
             return tokens
         cfg = self.transformer.config
         grid = tokens.view(tokens.shape[0], cfg.height, cfg.width)
@@ -316,18 +343,19 @@ class VQDiffusionPipeline:
 
 
 class _Progress:
-    """Wraps the user's callback (called every ``callback_steps``) with a progress bar."""
+    """Wraps the user's callback (called every ``callback_steps``) with a progress bar. The
+    callback gets the timestep as a 0-d long tensor on the pipeline's device, as diffusers'."""
 
-    def __init__(self, callback, callback_steps: int, enabled: bool, total: int) -> None:
+    def __init__(self, callback, callback_steps: int, bar_config: dict, total: int, device: torch.device) -> None:
         from tqdm.auto import tqdm
 
-        self.callback, self.every = callback, callback_steps
-        self.bar = tqdm(total=total, desc="sampling", unit="step", leave=False, disable=not enabled)
+        self.callback, self.every, self.device = callback, callback_steps, device
+        self.bar = tqdm(**{"total": total, "desc": "sampling", "unit": "step", "leave": False, **bar_config})
 
     def __call__(self, step: int, timestep: int, tokens: torch.Tensor) -> None:
         self.bar.update(1)
         if self.callback is not None and step % self.every == 0:
-            self.callback(step, timestep, tokens)
+            self.callback(step, torch.tensor(timestep, device=self.device), tokens)
 
     def close(self) -> None:
         self.bar.close()

@@ -180,7 +180,7 @@ def sample(cfg: DictConfig) -> Path:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if sampler.name == "diffusers":
         batch_size = 1  # diffusers' draws come from one generator per call
-    pipe.progress = False  # one bar for the whole job below
+    pipe.set_progress_bar_config(disable=True)  # one bar for the whole job below
     start = time.perf_counter()
     with tqdm(total=len(todo), desc=f"images (rank {rank})" if world > 1 else "images", unit="img") as bar:
         for batch in _batches(todo, batch_size):

@@ -102,8 +102,24 @@ def train(cfg: DictConfig) -> dict:
     metrics["wall_seconds"] = time.perf_counter() - start
     if _is_global_zero():
         _write_json(out / "metrics.json", metrics)
+        if (out / "pipeline").is_dir():
+            write_card(cfg, out / "pipeline", metrics)
     log.info("run folder: %s", out)
     return metrics
+
+
+def write_card(cfg: DictConfig, folder: Path, metrics: dict) -> None:
+    """The exported pipeline's model card with what the run knows: data, sampler settings, metrics."""
+    from ..convert.model_card import write_model_card
+
+    data = OmegaConf.to_container(cfg.data.train, resolve=True)
+    name = data.pop("_target_").rsplit(".", 1)[-1]
+    sampler = {"sampler": instantiate(cfg.sampler.algorithm).name,
+               "num_inference_steps": cfg.sampler.num_inference_steps,
+               "guidance_scale": cfg.validation.guidance_scale, "truncation_rate": cfg.validation.truncation_rate}
+    write_model_card(folder, training_data=f"{name} ({', '.join(f'{k}={v}' for k, v in data.items())})",
+                     base_model=cfg.tokenizer_checkpoint if cfg.stage == "diffusion" else None,
+                     sampler=sampler, metrics=metrics.get("diffusion"))
 
 
 def build_datamodule(cfg: DictConfig):

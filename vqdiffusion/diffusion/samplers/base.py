@@ -78,9 +78,8 @@ class Sampler:
     ) -> torch.Tensor:
         """Run the chain from ``x_t`` (B, N) and return x0 (B, N) code indices."""
         truncation_rate = check_truncation_rate(truncation_rate)
-        start = schedule.num_timesteps
+        start = self.first_time(schedule, num_inference_steps, edit)
         if edit is not None and edit.start_step is not None:
-            start = edit.start_step
             t_start = torch.full((x_t.shape[0],), start, device=x_t.device)
             x_t = q_sample(edit.tokens, t_start, schedule, generator)
         steps = start if num_inference_steps is None else num_inference_steps
@@ -95,6 +94,13 @@ class Sampler:
             if callback is not None and i % callback_steps == 0:
                 callback(i, model_timestep(t), x_t)
         return x_t
+
+    def first_time(self, schedule: NoiseSchedule, num_inference_steps: int | None, edit: EditSpec | None) -> int:
+        """The paper time of the chain's first network call, the highest it makes: T, or the
+        edit's start step (the respaced grid always starts there)."""
+        if edit is not None and edit.start_step is not None:
+            return edit.start_step
+        return schedule.num_timesteps
 
     def predict_x0(
         self, log_p_x0: LogPX0Fn, x_t: torch.Tensor, t: int, truncation_rate: float

@@ -57,6 +57,10 @@ class DiffusersSampler(Sampler):
                 callback(i, timestep, x_t)
         return x_t
 
+    def first_time(self, schedule: NoiseSchedule, num_inference_steps: int | None, edit: EditSpec | None) -> int:
+        """diffusers' chain of n steps starts at its timestep n - 1, paper time n."""
+        return schedule.num_timesteps if num_inference_steps is None else num_inference_steps
+
 
 def _gumbel_argmax_like_diffusers(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     uniform = torch.rand(logits.shape, device=logits.device, generator=generator)
