@@ -37,7 +37,16 @@ def test_bad_prompts(pipe, prompt, error, message):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(truncation_rate=0.0), r"truncation_rate must be in \(0, 1\], got 0.0"),
     (dict(truncation_rate=1.5), r"truncation_rate must be in \(0, 1\], got 1.5"),
-    (dict(guidance_scale=-1.0), r"guidance_scale must be a number >= 0, got -1.0"),
+    (dict(guidance_scale=-1.0), r"guidance_scale must be a finite number >= 0, got -1.0"),
+    (dict(guidance_scale=float("nan")), r"guidance_scale must be a finite number >= 0, got nan"),
+    (dict(guidance_scale=float("inf")), r"guidance_scale must be a finite number >= 0, got inf"),
+    (dict(num_inference_steps=True), r"num_inference_steps must be an integer in \[1, 100\], got True"),
+    (dict(num_inference_steps=2.0), r"num_inference_steps must be an integer in \[1, 100\], got 2.0"),
+    (dict(generator="seed"), r"generator must be a torch.Generator or a list of them .* got str: 'seed'"),
+    (dict(latents=[[0] * 16]), r"latents must be a tensor or numpy array of token indices, got list"),
+    (dict(sampler="purity", sampler_options={"purity_wieght": 2.0}),
+     r"sampler 'purity' has no option \['purity_wieght'\]"),
+    (dict(class_labels=[1]), r"text-to-image pipeline: it takes prompts, not class_labels"),
     (dict(num_inference_steps=0), r"num_inference_steps must be an integer in \[1, 100\], got 0"),
     (dict(num_inference_steps=101), r"num_inference_steps must be an integer in \[1, 100\], got 101"),
     (dict(num_images_per_prompt=0), r"num_images_per_prompt must be a positive integer, got 0"),
@@ -51,6 +60,14 @@ def test_bad_prompts(pipe, prompt, error, message):
 def test_bad_arguments(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         call(pipe, **kwargs)
+
+
+def test_numpy_counts_and_latents_are_accepted_as_their_torch_equals(pipe):
+    generator = torch.Generator().manual_seed(0)
+    expected = call(pipe, num_inference_steps=3, latents=torch.full((1, 16), 15), generator=generator).images
+    got = call(pipe, num_inference_steps=np.int64(3), latents=np.full((1, 16), 15),
+               generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(got, expected)
 
 
 def test_long_prompt_is_truncated_with_a_warning(pipe, caplog):
@@ -68,6 +85,8 @@ def test_class_and_unconditional_inputs():
     with pytest.raises(ValueError, match="takes no text"):
         classes("a prompt", class_labels=[1])
     uncond = tiny_pipeline("uncond")
+    with pytest.raises(ValueError, match="unconditional: it takes no class_labels"):
+        uncond(class_labels=[1])
     assert uncond(batch_size=3, output_type="tokens", num_inference_steps=2).images.shape == (3, 16)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         uncond(batch_size=0)

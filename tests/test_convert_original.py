@@ -1,5 +1,6 @@
 """Import of the authors' original checkpoint layouts, built here key by key from their code's names."""
 
+import pytest
 import torch
 
 from vqdiffusion.convert.original import transformer_from_original, vqvae_from_original
@@ -116,3 +117,24 @@ def test_patch_vqgan_layout_with_attention_blocks():
     assert torch.equal(loaded.encode(images), model.encode(images))
     codes = model.encode(images)
     assert torch.allclose(loaded.decode(codes), model.decode(codes))
+
+
+class Planted:
+    """Unpickling this runs code: what a malicious .pth would carry."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_a_pth_that_holds_code_is_refused_unless_trusted(tmp_path, capsys):
+    from vqdiffusion.convert.original import load_original
+
+    data, planted = tmp_path / "plain.pth", tmp_path / "planted.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, data)
+    torch.save({"model": {"w": torch.ones(2)}, "extra": Planted()}, planted)
+    assert load_original(data)["epoch"] == 3
+    with pytest.raises(ValueError, match="would run code named in the file.*trust_pickle=True"):
+        load_original(planted)
+    assert "code ran" not in capsys.readouterr().out
+    load_original(planted, trust_pickle=True)
+    assert "code ran" in capsys.readouterr().out

@@ -232,3 +232,36 @@ def test_pre_tokenised_shards_carry_the_tokenizer_codes(tmp_path):
     got = torch.stack([s["tokens"] for s in samples])
     assert got.shape == expected.shape == (5, 8, 8) and torch.equal(got, expected.long())
     assert got.max() > 255  # stored as int16, not uint8
+
+
+def test_sixteen_bit_grey_pngs_keep_their_range(tmp_path):
+    """A full-range 16-bit gradient is a full-range image, not one clipped to white."""
+    from vqdiffusion.data.transforms import open_rgb
+
+    gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(gradient).save(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode == "I;16"
+    image = ImageTransform(64)(open_rgb(tmp_path / "g.png"))
+    assert abs(float(image.mean())) < 0.01 and float(image.min()) == -1.0 and float(image.max()) == 1.0
+    eight_bit = ImageTransform(64)(open_rgb_of(np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (64, 1))))
+    assert float((image - eight_bit).abs().max()) <= 2 / 255 + 1e-6
+
+
+def open_rgb_of(array):
+    import io
+
+    from vqdiffusion.data.transforms import open_rgb
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return open_rgb(buffer.getvalue())
+
+
+def test_images_without_a_caption_file_are_reported(tmp_path, caplog):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "0.txt").write_text("a caption\n")
+    with caplog.at_level("WARNING"):
+        folder = CaptionFolder(str(tmp_path), size=8)
+    assert len(folder) == 1 and folder.missing_captions == 2
+    assert "2 of 3 images under" in caplog.text and "have no caption file" in caplog.text

@@ -25,7 +25,20 @@ def compose_sample(overrides):
         return compose("sample", overrides=overrides)
 
 
-def test_writes_indexed_images_and_resumes_identically(checkpoint, tmp_path):
+def interrupt_after_one_image(monkeypatch):
+    """The job stops (as on Ctrl-C) right after writing its first image."""
+    import vqdiffusion.tasks.sampling as sampling
+
+    save_png = sampling.save_png
+
+    def save_then_stop(image, path):
+        save_png(image, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling, "save_png", save_then_stop)
+
+
+def test_writes_indexed_images_and_resumes_identically(checkpoint, tmp_path, monkeypatch):
     args = [f"checkpoint={checkpoint}", "prompt=a red circle", "n=3", "sampler.num_inference_steps=3"]
     full = sample(compose_sample([*args, f"output_dir={tmp_path / 'full'}"]))
     names = sorted(p.name for p in full.glob("0*.png"))
@@ -35,7 +48,11 @@ def test_writes_indexed_images_and_resumes_identically(checkpoint, tmp_path):
     assert (full / "grid.png").exists() and (full / "config.yaml").exists()
 
     partial = tmp_path / "partial"
-    sample(compose_sample([*args, "n=1", f"output_dir={partial}"]))  # an "interrupted" run: 1 of 3
+    interrupt_after_one_image(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        sample(compose_sample([*args, f"output_dir={partial}"]))
+    monkeypatch.undo()
+    assert sorted(p.name for p in partial.glob("0*.png")) == ["000000.png"]
     before = (partial / "000000.png").stat().st_mtime_ns
     sample(compose_sample([*args, f"output_dir={partial}"]))
     assert (partial / "000000.png").stat().st_mtime_ns == before  # skipped, not redrawn
@@ -73,3 +90,72 @@ def test_empty_prompts_file(checkpoint, tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(ValueError, match="holds no prompts"):
         sample(compose_sample([f"checkpoint={checkpoint}", f"prompts_file={empty}", f"output_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("change,differs", [
+    (["prompt=a blue square"], "items"),
+    (["seed=1"], "items"),
+    (["guidance_scale=2.0"], "guidance_scale"),
+    (["sampler.num_inference_steps=2"], "num_inference_steps"),
+    (["sampler=purity"], "sampler"),
+])
+def test_a_folder_refuses_another_jobs_images_and_fresh_starts_over(checkpoint, tmp_path, change, differs):
+    from vqdiffusion.tasks.sample_folder import SampleFolderError
+
+    args = [f"checkpoint={checkpoint}", "prompt=a red circle", "n=2", "sampler.num_inference_steps=3",
+            f"output_dir={tmp_path}"]
+    sample(compose_sample(args))
+    first = json.loads((tmp_path / "fingerprint.json").read_text())
+    with pytest.raises(SampleFolderError, match=f"holds images of another job \\({differs}: .* there, .* now"):
+        sample(compose_sample([*args, *change]))
+    assert json.loads((tmp_path / "fingerprint.json").read_text()) == first  # the folder is left as it was
+    sample(compose_sample([*args, *change, "fresh=true"]))
+    again = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(again) == 2 and json.loads((tmp_path / "fingerprint.json").read_text()) != first
+    sample(compose_sample([*args, *change]))  # the same job again: it resumes (nothing left to draw)
+
+
+def test_images_without_a_fingerprint_are_not_adopted(checkpoint, tmp_path):
+    from vqdiffusion.tasks.sample_folder import SampleFolderError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "000000.png")
+    with pytest.raises(SampleFolderError, match="holds 1 images but no fingerprint.json"):
+        sample(compose_sample([f"checkpoint={checkpoint}", "prompt=x", f"output_dir={tmp_path}"]))
+
+
+def test_a_second_job_cannot_write_a_locked_folder(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    from vqdiffusion.tasks.sample_folder import SampleFolderError, folder_lock
+
+    holder = ("import sys, time; from pathlib import Path; from vqdiffusion.tasks.sample_folder import folder_lock\n"
+              "with folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        with pytest.raises(SampleFolderError, match=r"being written by another sample.py job \(pid \d+\)"):
+            sample(compose_sample([f"checkpoint={checkpoint}", "prompt=x", f"output_dir={tmp_path}"]))
+    finally:
+        process.kill()
+        process.wait()
+    with folder_lock(tmp_path):  # a killed holder leaves no stale lock
+        pass
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_a_missing_checkpoint_leaves_no_output_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sample(compose_sample(["checkpoint=/no/such/model", "prompt=x", f"output_dir={tmp_path / 'out'}"]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_py_reports_a_mistake_in_one_line_and_leaves_no_folder(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(CONFIGS.parent / "sample.py"), "checkpoint=/no/such/model", "prompt=x"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: checkpoint '/no/such/model' does not exist")
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -278,15 +279,46 @@ def test_stage_diffusion_without_tokenizer_says_what_to_pass(tmp_path):
 
 
 def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path):
-    base = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.checkpoint_every_n_steps=3",
+    base = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.checkpoint_every_n_steps=2",
             "diffusion_training.val_every_n_steps=1000"]
-    train(compose_train([*base, f"output_dir={tmp_path / 'first'}", "stop_after_steps=3"]))
-    metrics = train(compose_train([*base, f"output_dir={tmp_path / 'second'}", "ckpt_path=last"]))
-    assert "tokenizer" not in metrics  # reused from the first run, not retrained
-    assert not (tmp_path / "second" / "tokenizer").exists()
-    assert metrics["diffusion"]["steps"] == 6
-    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
+    first = train(compose_train([*base, f"output_dir={tmp_path / 'first'}", "stop_after_steps=2"]))
+    trained = json.loads((tmp_path / "first" / "tokenizer" / "metrics.json").read_text())
+    metrics = train(compose_train([*base, f"output_dir={tmp_path / 'second'}", "ckpt_path=last",
+                                   "stop_after_steps=4"]))
+    assert metrics["tokenizer"] == first["tokenizer"] == trained  # reused from the first run, not retrained
+    copied = tmp_path / "second" / "tokenizer"
+    original = tmp_path / "first" / "tokenizer"
+    assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in original.iterdir())
+    # a resume of the resumed run finds the tokenizer in it, and trains none
+    (tmp_path / "first" / "tokenizer").rename(tmp_path / "first" / "tokenizer_gone")
+    metrics = train(compose_train([*base, f"output_dir={tmp_path / 'third'}", "ckpt_path=last"]))
+    assert metrics["tokenizer"] == trained and metrics["diffusion"]["steps"] == 6
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no complete checkpoint under"):
         train(compose_train([*base, f"output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))
+
+
+def test_a_checkpoint_cut_off_mid_write_is_passed_over_on_resume(tmp_path, caplog):
+    """A kill during the write of the newest checkpoint: ckpt_path=last takes the newest whole one."""
+    import os
+    import time
+
+    from vqdiffusion.tasks.training import _resume_path
+
+    run = tmp_path / "runs" / "a"
+    base = [*TINY, "diffusion_training.max_steps=4", "diffusion_training.checkpoint_every_n_steps=2",
+            "diffusion_training.val_every_n_steps=1000"]
+    train(compose_train([*base, f"output_dir={run}"]))
+    last, older = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "step_0000002.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # what a kill mid-write of a non-atomic writer leaves
+    newer = time.time() + 5
+    os.utime(last, (newer, newer))
+    cfg = compose_train([*base, f"output_dir={tmp_path / 'runs' / 'b'}", "ckpt_path=last"])
+    with caplog.at_level("WARNING"):
+        chosen = _resume_path(cfg, tmp_path / "runs" / "b")
+    assert chosen in (str(older), str(run / "checkpoints" / "step_0000004.ckpt"))
+    assert "not a complete checkpoint" in caplog.text
+    assert not list(run.rglob("*.tmp"))  # the atomic writer leaves no temporary files behind
 
 
 def test_validation_fid_scores_the_ema_weights_as_an_evaluation_of_their_images(tmp_path):
@@ -325,3 +357,108 @@ def test_validation_fid_scores_the_ema_weights_as_an_evaluation_of_their_images(
         generated = extractor((images * 255).round().to(torch.uint8)).double().numpy()
         reference = extractor(torch.cat(list(dataset_batches(dataset, 10)))).double().numpy()
     assert float(rows[-1]["fid"]) == pytest.approx(scipy_fid(reference, generated), rel=1e-4, abs=1e-6)
+
+
+def test_an_update_that_poisons_the_weights_is_never_checkpointed(tmp_path, monkeypatch):
+    """The weights turn NaN in the update of a checkpoint step, after its loss was checked: that
+    step's checkpoint (and last.ckpt) must not be written, and the run stops naming the cause."""
+    from vqdiffusion.lit.diffusion_module import DiffusionModule
+    from vqdiffusion.utils.finite import non_finite_tensors
+
+    update_ema = DiffusionModule.update_ema
+
+    def poisoning_update(self, step):
+        if step == 4:
+            with torch.no_grad():
+                next(self.transformer.parameters()).fill_(float("nan"))
+        update_ema(self, step)
+
+    monkeypatch.setattr(DiffusionModule, "update_ema", poisoning_update)
+    cfg = compose_train(["experiment=quickstart", *TINY, f"output_dir={tmp_path}", "diffusion_training.max_steps=6",
+                         "diffusion_training.checkpoint_every_n_steps=2", "diffusion_training.val_every_n_steps=100"])
+    with pytest.raises(FloatingPointError, match=r"after step 4, [1-9]\d* weight and \d+ optimiser tensors"):
+        train(cfg)
+    written = {path.name: torch.load(path, map_location="cpu", weights_only=True)
+               for path in (tmp_path / "checkpoints").glob("*.ckpt")}
+    assert sorted(written) == ["last.ckpt", "step_0000002.ckpt"]
+    for checkpoint in written.values():
+        assert checkpoint["global_step"] == 2
+        assert not non_finite_tensors(checkpoint["state_dict"])
+        assert not non_finite_tensors(checkpoint["optimizer_states"])
+
+
+def test_a_diverging_tokenizer_stops_the_run_and_exports_nothing(tmp_path):
+    cfg = compose_train(["experiment=quickstart", *TINY, f"output_dir={tmp_path}", "tokenizer_training.max_steps=6",
+                         "tokenizer_training.optimizer.lr=1e6", "trainer.gradient_clip_val=0"])
+    with pytest.raises(FloatingPointError, match="tokenizer"):
+        train(cfg)
+    assert not (tmp_path / "tokenizer").exists() and not (tmp_path / "pipeline").exists()
+
+
+def test_a_kill_at_a_random_point_resumes_to_the_same_losses_ema_and_images(tmp_path):
+    """kill -9 of a real train.py process once it has a checkpoint, at a random moment after that,
+    then ckpt_path=last: the remaining losses, the EMA weights and the final images equal an
+    uninterrupted run's."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base = [*TINY, "trainer.log_every_n_steps=1", "diffusion_training.val_every_n_steps=1000",
+            "diffusion_training.checkpoint_every_n_steps=2", "diffusion_training.ema_every=2",
+            "diffusion_training.max_steps=40"]
+    tokenizer_run = tmp_path / "tok"
+    train(compose_train([*base, "stage=tokenizer", f"output_dir={tokenizer_run}"]))
+    diffusion = [*base, "stage=diffusion", f"tokenizer_checkpoint={tokenizer_run}"]
+    full = tmp_path / "full"
+    train(compose_train([*diffusion, f"output_dir={full}"]))
+
+    killed, delay = tmp_path / "runs" / "killed", random.uniform(0.0, 1.0)
+    process = subprocess.Popen([sys.executable, "train.py", *diffusion, f"output_dir={killed}"],
+                               cwd=CONFIGS.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("checkpoints/step_*.ckpt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(killed.glob("checkpoints/*.ckpt")) and not (killed / "pipeline").exists(), "not killed mid-run"
+    resumed = tmp_path / "runs" / "resumed"
+    train(compose_train([*diffusion, f"output_dir={resumed}", "ckpt_path=last"]))
+
+    expected, got = read_losses(full), read_losses(resumed)
+    assert got and all(expected[step] == loss for step, loss in got.items()), f"killed {delay:.2f} s in"
+    for name in ("transformer", "learned_classifier_free_sampling_embeddings"):
+        full_weights = load_file(next((full / "pipeline" / name).glob("*.safetensors")))
+        resumed_weights = load_file(next((resumed / "pipeline" / name).glob("*.safetensors")))
+        assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights), (name, delay)
+    grids = [np.asarray(Image.open(run / "final_grid.png")) for run in (full, resumed)]
+    assert np.array_equal(*grids), f"killed {delay:.2f} s in"
+
+
+def test_the_quickstart_trains_on_a_caption_folder(tmp_path):
+    """The quickstart's shapes settings live in its data option: another data= replaces them whole."""
+    for i in range(6):
+        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(f"picture {i}\n")
+    cfg = compose_train(["experiment=quickstart", *TINY, "data=folder", f"data.train.root={tmp_path}",
+                         "data.train.size=32", "data.num_workers=0", f"output_dir={tmp_path / 'run'}"])
+    assert train(cfg)["diffusion"]["steps"] == 2
+
+
+class _Planted:
+    def __reduce__(self):
+        return (print, ("planted code ran",))
+
+
+def test_a_planted_checkpoint_is_refused_as_data_and_its_code_never_runs(tmp_path, capsys):
+    import pickle
+
+    planted = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "payload": _Planted()}, planted)
+    cfg = compose_train(["experiment=quickstart", *TINY, f"output_dir={tmp_path / 'run'}", f"ckpt_path={planted}"])
+    with pytest.raises(pickle.UnpicklingError):
+        train(cfg)
+    assert "planted code ran" not in capsys.readouterr().out

@@ -39,6 +39,7 @@ checkpoints are not mapped: their download links are dead and their layout canno
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 from pathlib import Path
 
@@ -206,18 +207,36 @@ def vqvae_from_original(checkpoint: dict) -> VQVAE:
     return load_checked(VQVAE(config), ours, "original VQ-VAE").eval()
 
 
+def load_original(path: str | Path, trust_pickle: bool = False) -> dict:
+    """An original ``.pth`` file, read as data (tensors and plain containers) only.
+
+    A ``.pth`` is a pickle, and unpickling may run any code the file names. Files that hold more
+    than data are refused unless ``trust_pickle`` (``--trust-pickle``) says the file comes from a
+    source you trust."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust_pickle:
+            raise ValueError(
+                f"{path} holds more than tensors and plain containers ({str(error).splitlines()[0]}); loading it "
+                f"would run code named in the file. Only if you trust its source, pass trust_pickle=True "
+                f"(--trust-pickle)") from None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def original_components(
     transformer_checkpoint: str | Path,
     vqvae_checkpoint: str | Path,
     text_encoder: str = "openai/clip-vit-base-patch32",
     num_heads: int = 16,
     use_ema: bool = True,
+    trust_pickle: bool = False,
 ) -> dict:
     """Components for ``VQDiffusionPipeline(**components)`` from the two original ``.pth`` files
-    and a CLIP text model."""
-    load = lambda path: torch.load(path, map_location="cpu", weights_only=False)  # noqa: E731
-    transformer, null = transformer_from_original(load(transformer_checkpoint), num_heads, use_ema)
-    vqvae = vqvae_from_original(load(vqvae_checkpoint))
+    and a CLIP text model (``trust_pickle``: see :func:`load_original`)."""
+    transformer, null = transformer_from_original(load_original(transformer_checkpoint, trust_pickle), num_heads,
+                                                  use_ema)
+    vqvae = vqvae_from_original(load_original(vqvae_checkpoint, trust_pickle))
     encoder = TextEncoder.from_pretrained(text_encoder)
     schedule = NoiseSchedule(transformer.config.num_embeds)  # all published models: the released preset
     return {"vqvae": vqvae, "transformer": transformer, "schedule": schedule, "text_encoder": encoder,
@@ -231,10 +250,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-encoder", default="openai/clip-vit-base-patch32", help="hub id or local folder")
     parser.add_argument("--num-heads", type=int, default=16)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA copy")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load .pth files holding more than tensors (runs code they name: trusted sources only)")
     parser.add_argument("--out", required=True, help="output folder (diffusers format)")
     args = parser.parse_args(argv)
     save_pipeline(args.out, **original_components(args.checkpoint, args.vqvae, args.text_encoder, args.num_heads,
-                                                  not args.no_ema))
+                                                  not args.no_ema, args.trust_pickle))
     write_model_card(args.out)
     print(f"wrote {args.out}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -11,6 +12,8 @@ from .robust import DatasetNotFoundError, RobustDataset, require_path
 from .transforms import IMAGE_SUFFIXES, ImageTransform, open_rgb
 
 __all__ = ["CaptionFolder", "ClassFolders", "ImageFolder", "list_images", "read_captions"]
+
+log = logging.getLogger(__name__)
 
 
 def list_images(root: Path) -> list[Path]:
@@ -60,6 +63,10 @@ class CaptionFolder(_FolderBase):
         if not self.paths:
             raise DatasetNotFoundError("caption folder", self.root, self.LAYOUT,
                                        f"found {len(images)} images but no .txt captions beside them")
+        if self.missing_captions:
+            log.warning("%d of %d images under %s have no caption file beside them (name.txt) and are left out, "
+                        "e.g. %s", self.missing_captions, len(images), self.root,
+                        next(p for p in images if not p.with_suffix(".txt").exists()))
 
     def load(self, index: int) -> dict:
         path = self.paths[index]

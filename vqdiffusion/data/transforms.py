@@ -21,6 +21,12 @@ def open_rgb(source: str | Path | bytes) -> Image.Image:
     fails now (inside the skip-and-count guard) and not later in a collate."""
     image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     image.load()
+    if image.mode.startswith("I"):
+        # 16-bit grey (PNG): PIL's convert("RGB") clips every value above 255 to white instead of
+        # scaling; integer images whose values exceed 8 bits are taken as 16-bit
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(array * (255.0 / peak)), 0, 255).astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "P"):
         # Transparent pixels (clip-art, emoji) go on black like the shapes dataset, not on noise.
         image = image.convert("RGBA")

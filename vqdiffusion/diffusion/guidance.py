@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from ..ops.truncation import truncate_by_mass, truncation_kernel_available
@@ -9,15 +12,20 @@ from ..ops.truncation import truncate_by_mass, truncation_kernel_available
 __all__ = ["classifier_free_guidance", "truncate", "truncate_fast", "check_truncation_rate", "check_guidance_scale"]
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_truncation_rate(rate: float) -> float:
-    if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+    if not _is_real(rate) or not 0 < rate <= 1:
         raise ValueError(f"truncation_rate must be in (0, 1], got {rate!r}")
     return float(rate)
 
 
 def check_guidance_scale(scale: float) -> float:
-    if not isinstance(scale, (int, float)) or scale < 0:
-        raise ValueError(f"guidance_scale must be a number >= 0, got {scale!r}")
+    # NaN would switch guidance off silently (NaN > 1 is false) and inf gives all-zero tokens
+    if not _is_real(scale) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {scale!r}")
     return float(scale)
 
 

@@ -19,7 +19,8 @@ def load_clip(name_or_path: str):
     from transformers import CLIPModel, CLIPProcessor
 
     try:
-        return CLIPModel.from_pretrained(name_or_path).eval(), CLIPProcessor.from_pretrained(name_or_path)
+        return (CLIPModel.from_pretrained(name_or_path).eval(),
+                CLIPProcessor.from_pretrained(name_or_path, trust_remote_code=False))
     except (OSError, ValueError) as error:
         where = "a local folder" if Path(name_or_path).exists() else "a hub id (needs internet) or a local folder"
         raise RuntimeError(

@@ -19,6 +19,7 @@ from ..conditions import Condition, make_condition
 from ..diffusion.loss import DiffusionLoss, LossConfig
 from ..diffusion.schedule import ScheduleConfig, model_timestep
 from ..pipeline import VQDiffusionPipeline
+from ..utils.finite import check_finite_checkpoint
 from ..utils.optim import built, clip_grad_norm_in_step, folds_clipping, make_optimizer, partial_record
 from .schedules import watches_the_loss
 
@@ -165,7 +166,7 @@ class DiffusionModule(pl.LightningModule):
         if not torch.isfinite(terms["loss"]):
             raise FloatingPointError(
                 f"non-finite diffusion loss at step {self.global_step} (vb={terms['vb'].item()}, "
-                f"aux={terms['aux'].item()}); the last good checkpoint is kept"
+                f"aux={terms['aux'].item()}); the checkpoints on disk were all checked finite when written"
             )
         if self._logs_this_step():
             self.log_dict({f"train/{k}": terms[k] for k in ("loss", "vb", "aux", "kl", "decoder_nll")},
@@ -183,6 +184,11 @@ class DiffusionModule(pl.LightningModule):
         if connector is None or watches_the_loss(self.make_lr_scheduler) or trainer.fast_dev_run:
             return True
         return bool(connector.should_update_logs) or self.global_step + 1 >= trainer.max_steps > 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before it writes the file: an update that turned the weights or the
+        # optimiser state to NaN stops the run here, before a poisoned checkpoint is written.
+        check_finite_checkpoint(checkpoint, self.global_step)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

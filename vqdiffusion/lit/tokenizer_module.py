@@ -90,6 +90,9 @@ class TokenizerModule(pl.LightningModule):
         loss = rec_loss + quant_loss
         if self.discriminator is not None:
             loss = loss + self._adversarial_terms(images, recon, rec_loss)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite tokenizer loss at step {self.global_step} (l1={l1.item()}, "
+                                     f"quant_loss={quant_loss.item()}): lower tokenizer_training.optimizer.lr")
         # over every DDP rank's batch: the ranks must agree on which codes are dead
         usage = sum_over_ranks_(torch.bincount(codes.flatten(), minlength=self.vqvae.num_codes).float())
         self.code_usage.mul_(0.99).add_(usage)

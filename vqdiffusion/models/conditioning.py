@@ -51,12 +51,14 @@ class TextEncoder(nn.Module):
         """Load from a hub id or local folder (a CLIP text model, or any AutoModel text model)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
-        config = AutoConfig.from_pretrained(model_path)
+        # a folder or hub repository's own Python code is never run (nor asked about on a terminal)
+        safe = {"trust_remote_code": False}
+        config = AutoConfig.from_pretrained(model_path, **safe)
         if config.model_type in ("clip", "clip_text_model"):
             model = CLIPTextModel.from_pretrained(model_path)
         else:
-            model = AutoModel.from_pretrained(model_path)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
+            model = AutoModel.from_pretrained(model_path, **safe)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path, **safe)
         return cls(model, tokenizer, **kwargs)
 
     @property

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from ..diffusion.samplers import EditSpec, Sampler, sample_prior
@@ -10,8 +13,8 @@ from ..models.conditioning import normalize_prompts
 from ..models.transformer import TransformerConfig
 from ..models.vqvae import VQVAE
 
-__all__ = ["OUTPUT_TYPES", "check_components", "check_condition", "check_counts", "check_first_time", "edit_spec",
-           "initial_tokens"]
+__all__ = ["OUTPUT_TYPES", "check_components", "check_condition", "check_counts", "check_first_time",
+           "check_generator", "edit_spec", "initial_tokens"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens", "latent")
 
@@ -49,10 +52,14 @@ def check_condition(cfg: TransformerConfig, prompt, class_labels,
     if cfg.context_dim is not None:
         if prompt is None:
             raise ValueError("this is a text-to-image pipeline: pass a prompt (str or list of str)")
+        if class_labels is not None:
+            raise ValueError("this is a text-to-image pipeline: it takes prompts, not class_labels")
         prompts = normalize_prompts(prompt)
         return prompts, len(prompts), None
     if prompt is not None:
         raise ValueError("this pipeline takes no text; use class_labels= or batch_size=")
+    if class_labels is not None and cfg.num_classes is None:
+        raise ValueError("this pipeline is unconditional: it takes no class_labels; use batch_size=")
     if cfg.num_classes is not None:
         if class_labels is None:
             raise ValueError(f"this pipeline is class-conditional: pass class_labels in [0, {cfg.num_classes - 1}]")
@@ -65,17 +72,32 @@ def check_condition(cfg: TransformerConfig, prompt, class_labels,
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return None, count, None
 
+def _count(value) -> int | None:
+    """A whole number (numpy's too) as an int; None for anything else, bools included."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
 def check_counts(schedule: NoiseSchedule, num_images_per_prompt, callback_steps, num_inference_steps,
-                 output_type) -> None:
+                 output_type) -> tuple[int, int, int]:
+    """(num_images_per_prompt, callback_steps, num_inference_steps) as ints, each checked."""
     steps = schedule.num_timesteps
-    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+    per_prompt, every, count = _count(num_images_per_prompt), _count(callback_steps), _count(num_inference_steps)
+    if per_prompt is None or per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-    if not isinstance(callback_steps, int) or callback_steps < 1:
+    if every is None or every < 1:
         raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
-    if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= steps:
+    if count is None or not 1 <= count <= steps:
         raise ValueError(f"num_inference_steps must be an integer in [1, {steps}], got {num_inference_steps!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    return per_prompt, every, count
+
+
+def check_generator(generator) -> None:
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(f"generator must be a torch.Generator or a list of them (one per image), got "
+                         f"{type(generator).__name__}: {generator!r}")
 
 def initial_tokens(cfg: TransformerConfig, schedule: NoiseSchedule, latents, batch: int, sampler: Sampler,
                    generator, device: torch.device) -> torch.Tensor:
@@ -85,6 +107,9 @@ def initial_tokens(cfg: TransformerConfig, schedule: NoiseSchedule, latents, bat
         if sampler.name == "diffusers":  # diffusers always starts from all-[MASK]
             return torch.full(shape, schedule.mask_index, device=device)
         return sample_prior(schedule, shape, device, generator)
+    if not isinstance(latents, (torch.Tensor, np.ndarray)):
+        raise ValueError(f"latents must be a tensor or numpy array of token indices, got {type(latents).__name__}")
+    latents = torch.as_tensor(latents)
     if tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} (batch, tokens), got {tuple(latents.shape)}")
     if latents.dtype.is_floating_point or latents.min() < 0 or latents.max() > cfg.num_embeds:

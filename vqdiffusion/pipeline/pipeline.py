@@ -24,7 +24,15 @@ from ..models.transformer import VQDiffusionTransformer
 from ..models.vqvae import VQVAE
 from ..speed import FastPath, SpeedSettings
 from ..utils.images import to_pil
-from .inputs import check_components, check_condition, check_counts, check_first_time, edit_spec, initial_tokens
+from .inputs import (
+    check_components,
+    check_condition,
+    check_counts,
+    check_first_time,
+    check_generator,
+    edit_spec,
+    initial_tokens,
+)
 
 __all__ = ["VQDiffusionPipeline", "ImagePipelineOutput"]
 
@@ -274,7 +282,9 @@ class VQDiffusionPipeline:
         """
         cfg = self.transformer.config
         prompts, groups, labels = check_condition(cfg, prompt, class_labels, batch_size)
-        check_counts(self.schedule, num_images_per_prompt, callback_steps, num_inference_steps, output_type)
+        num_images_per_prompt, callback_steps, num_inference_steps = check_counts(
+            self.schedule, num_images_per_prompt, callback_steps, num_inference_steps, output_type)
+        check_generator(generator)
         guidance_scale = check_guidance_scale(guidance_scale)
         truncation_rate = check_truncation_rate(truncation_rate)
         if sampler is None and sampler_options:

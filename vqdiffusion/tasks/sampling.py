@@ -8,6 +8,7 @@ written and the final set never depends on the batch size or on interruptions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ from ..pipeline import VQDiffusionPipeline
 from ..speed import SpeedSettings
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import indexed_png, make_grid, save_png
+from .sample_folder import SampleFolderError, checkpoint_identity, claim_folder, fingerprint, folder_lock
 
 __all__ = ["sample", "load_pipeline", "job_items"]
 
@@ -150,6 +152,17 @@ def sample(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     rank, world, device = distributed_context(cfg.device)
+    # the model first: a wrong checkpoint stops the job before it creates an output folder
+    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype, ema=cfg.ema)
+    speed = _speed_settings(cfg)
+    if speed:
+        pipe.optimize(**speed)
+    sampler = instantiate(cfg.sampler.algorithm)
+    items = job_items(cfg, pipe)
+    settings = {"sampler": sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
+                "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
+                **({"ema": bool(cfg.ema)} if is_training_checkpoint(cfg.checkpoint) else {}),
+                **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
     out = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
     if world > 1:  # one folder for all ranks: rank 0's (run folders are named by start time)
         import torch.distributed as dist
@@ -157,24 +170,44 @@ def sample(cfg: DictConfig) -> Path:
         shared = [str(out)]
         dist.broadcast_object_list(shared, src=0)
         out = Path(shared[0])
-    out.mkdir(parents=True, exist_ok=True)
+    expected = fingerprint(checkpoint_identity(str(cfg.checkpoint)), {
+        **settings, "sampler_options": OmegaConf.to_container(cfg.sampler.algorithm, resolve=True),
+        "dtype": cfg.dtype, "device": pipe.device.type}, items)
+    with folder_lock(out) if rank == 0 else contextlib.nullcontext():
+        _claim(out, expected, bool(cfg.get("fresh", False)), rank, world)
+        if rank == 0:
+            atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        return _draw_and_record(cfg, pipe, sampler, items, settings, out, rank, world)
+
+
+def _claim(out: Path, expected: dict, fresh: bool, rank: int, world: int) -> None:
+    """Rank 0 claims the folder (:func:`claim_folder`); under torchrun every rank learns the outcome."""
+    error = None
     if rank == 0:
-        atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype, ema=cfg.ema)
-    speed = _speed_settings(cfg)
-    if speed:
-        pipe.optimize(**speed)
-    sampler = instantiate(cfg.sampler.algorithm)
-    items = job_items(cfg, pipe)
+        try:
+            cleared = claim_folder(out, expected, fresh)
+            if cleared:
+                log.info("fresh=true: deleted %d images of an earlier job in %s", cleared, out)
+        except SampleFolderError as mismatch:
+            error = str(mismatch)
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error is not None:
+        raise SampleFolderError(error)
+
+
+def _draw_and_record(cfg: DictConfig, pipe: VQDiffusionPipeline, sampler: Sampler, items: list[dict],
+                     settings: dict, out: Path, rank: int, world: int) -> Path:
+    """Draw this rank's missing images, then (rank 0) the records, the grid and the metrics."""
+    from tqdm.auto import tqdm
+
     mine = items[rank::world]
     todo = [item for item in mine if not indexed_png(out, item["index"]).exists()]
     log.info("%d images (%d on this rank), %d already in %s", len(items), len(mine), len(mine) - len(todo), out)
-    settings = {"sampler": sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
-                "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
-                **({"ema": bool(cfg.ema)} if is_training_checkpoint(cfg.checkpoint) else {}),
-                **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
-    from tqdm.auto import tqdm
-
     batch_size = int(cfg.get("batch_size", 1))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

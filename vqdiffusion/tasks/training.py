@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from ..convert.diffusers_format import resolve_folder, vqvae_config_from_diffuse
 from ..convert.state_dict import load_checked
 from ..data.robust import DatasetNotFoundError
 from ..lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
+from ..lit.checkpoint_io import newest_valid_checkpoint
 from ..models.vqvae import VQVAE
-from ..utils.atomic import atomic_write_bytes
+from ..utils.atomic import atomic_directory, atomic_write_bytes
+from ..utils.finite import non_finite_tensors
 from ..utils.images import make_grid, save_png, signed_to_pil
 
 __all__ = ["train", "run_dir"]
@@ -90,6 +93,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.stage == "all" and resumed_tokenizer is not None and (resumed_tokenizer / "config.json").exists():
         log.info("resuming: reusing the tokenizer of %s", resumed_tokenizer.parent)
         tokenizer_folder = resumed_tokenizer
+        metrics["tokenizer"] = _adopt_tokenizer(resumed_tokenizer, out / "tokenizer")
     elif cfg.stage in ("tokenizer", "all"):
         metrics["tokenizer"] = train_tokenizer(cfg, datamodule, out)
     elif cfg.tokenizer_checkpoint:
@@ -106,6 +110,16 @@ def train(cfg: DictConfig) -> dict:
             write_card(cfg, out / "pipeline", metrics)
     log.info("run folder: %s", out)
     return metrics
+
+
+def _adopt_tokenizer(source: Path, folder: Path) -> dict:
+    """A resumed run's copy of the tokenizer it reuses (so that resuming it in turn finds one), and
+    that tokenizer's metrics."""
+    if _is_global_zero() and source.resolve() != folder.resolve():
+        with atomic_directory(folder) as staging:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+    recorded = source / "metrics.json"
+    return json.loads(recorded.read_text()) if recorded.exists() else {}
 
 
 def write_card(cfg: DictConfig, folder: Path, metrics: dict) -> None:
@@ -192,12 +206,14 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
         trainer.fit(module, datamodule)
     finally:
         datamodule.batch_size = shared_batch
+    poisoned = non_finite_tensors(module.vqvae.state_dict())
+    if poisoned:  # an update after the last checked loss: nothing non-finite is exported or trained on
+        raise FloatingPointError(f"the trained tokenizer holds NaN or inf in {len(poisoned)} tensors (first: "
+                                 f"{poisoned[0]}); it is not exported: lower tokenizer_training.optimizer.lr")
     psnr = float(trainer.callback_metrics.get("val/tokenizer_psnr", float("nan")))
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
     metrics = {"val_psnr_db": psnr, "codes_used": usage}
     if trainer.is_global_zero:  # the one rank that writes metrics.json
-        from ..utils.atomic import atomic_directory
-
         ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set)
         if ceiling is not None:
             metrics["reconstruction_faithfulness"] = ceiling
@@ -265,7 +281,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
     callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.stop_after_steps else []
     trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks)
-    trainer.fit(module, datamodule, ckpt_path=resume)
+    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)  # a checkpoint is data, never code
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:
         module.pipeline().save_pretrained(out / "pipeline")
@@ -277,18 +293,19 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
-    """``ckpt_path=last``: the newest ``last.ckpt`` among this name's runs; any other value as given."""
+    """``ckpt_path=last``: the newest complete checkpoint among this name's runs (a write cut off
+    by a kill is passed over); any other value as given."""
     if cfg.ckpt_path in (None, ""):
         return None
     if cfg.ckpt_path != "last":
         if not Path(cfg.ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path!r} does not exist")
         return cfg.ckpt_path
-    candidates = sorted(out.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"ckpt_path=last: no checkpoints/last.ckpt under {out.parent}/*/")
-    log.info("resuming from %s", candidates[-1])
-    return str(candidates[-1])
+    newest = newest_valid_checkpoint(out.parent)
+    if newest is None:
+        raise FileNotFoundError(f"ckpt_path=last: no complete checkpoint under {out.parent}/*/checkpoints/")
+    log.info("resuming from %s", newest)
+    return str(newest)
 
 
 def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:

@@ -8,6 +8,8 @@ One algorithm per module; :data:`SAMPLERS` names them.
 
 from __future__ import annotations
 
+import inspect
+
 from .ancestral import AncestralSampler
 from .base import EditSpec, Sampler, StepCallback, sample_prior
 from .diffusers import DiffusersSampler
@@ -36,4 +38,9 @@ def make_sampler(name: str | Sampler, **kwargs) -> Sampler:
         return name
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)} or a Sampler")
-    return SAMPLERS[name](**kwargs)
+    cls = SAMPLERS[name]
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no option {unknown}; its options are {sorted(accepted) or 'none'}")
+    return cls(**kwargs)
