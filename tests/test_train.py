@@ -462,3 +462,16 @@ def test_a_planted_checkpoint_is_refused_as_data_and_its_code_never_runs(tmp_pat
     with pytest.raises(pickle.UnpicklingError):
         train(cfg)
     assert "planted code ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_takes_another_dataset_whole(experiment, tmp_path):
+    """An experiment's dataset-specific settings live in its data option, so data=folder replaces
+    them all: the composed dataset builds."""
+    from hydra.utils import instantiate
+
+    for i in range(2):
+        Image.new("RGB", (40, 40)).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text("a caption\n")
+    cfg = compose_train([f"experiment={experiment}", "data=folder", f"data.train.root={tmp_path}", "output_dir=."])
+    assert len(instantiate(cfg.data.train)) == 2
