@@ -104,7 +104,7 @@ def initial_tokens(cfg: TransformerConfig, schedule: NoiseSchedule, latents, bat
     """(B, N) x_T: the caller's ``latents`` (checked), or a draw from the sampler's prior."""
     shape = (batch, cfg.num_tokens)
     if latents is None:
-        if sampler.name == "diffusers":  # diffusers always starts from all-[MASK]
+        if sampler.starts_from_mask:
             return torch.full(shape, schedule.mask_index, device=device)
         return sample_prior(schedule, shape, device, generator)
     if not isinstance(latents, (torch.Tensor, np.ndarray)):

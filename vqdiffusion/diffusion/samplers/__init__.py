@@ -13,6 +13,7 @@ import inspect
 from .ancestral import AncestralSampler
 from .base import EditSpec, Sampler, StepCallback, sample_prior
 from .diffusers import DiffusersSampler
+from .maskgit import MaskGITSampler
 from .purity import PuritySampler
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "AncestralSampler",
     "DiffusersSampler",
     "EditSpec",
+    "MaskGITSampler",
     "PuritySampler",
     "Sampler",
     "StepCallback",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    sampler.name: sampler for sampler in (AncestralSampler, PuritySampler, DiffusersSampler)
+    sampler.name: sampler for sampler in (AncestralSampler, PuritySampler, DiffusersSampler, MaskGITSampler)
 }
 
 

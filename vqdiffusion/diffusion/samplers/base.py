@@ -63,6 +63,7 @@ class Sampler:
 
     name = "base"
     compile_math: str | None = None
+    starts_from_mask = False  # True: the chain starts from all-[MASK], not from a draw of the prior
 
     def __call__(
         self,

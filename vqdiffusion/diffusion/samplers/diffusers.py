@@ -23,6 +23,7 @@ __all__ = ["DiffusersSampler"]
 
 class DiffusersSampler(Sampler):
     name = "diffusers"
+    starts_from_mask = True  # as diffusers' pipeline, whatever the schedule's prior
 
     def __call__(
         self,
