@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..utils.atomic import atomic_write_bytes
 from ..version import __version__
 from .diffusers_format import (
     read_json,
@@ -121,8 +122,6 @@ def model_card(folder: str | Path, *, base_model: str | None = None, training_da
 
 def write_model_card(folder: str | Path, **fields) -> Path:
     """Write ``README.md`` into the pipeline folder (atomically); ``fields`` as :func:`model_card`."""
-    from ..utils.atomic import atomic_write_bytes
-
     path = Path(folder) / CARD_FILE
     atomic_write_bytes(path, model_card(folder, **fields).encode())
     return path

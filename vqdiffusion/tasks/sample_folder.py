@@ -81,9 +81,9 @@ def claim_folder(folder: Path, expected: dict, fresh: bool = False) -> int:
                 f"{folder} holds images of another job ({details}): its images would not match this job's "
                 f"records. Write to another output_dir, or pass fresh=true to delete its images and start again")
         return 0
-    elif _images(folder):
+    elif unrecorded := _images(folder):
         raise SampleFolderError(
-            f"{folder} holds {len(_images(folder))} images but no {FINGERPRINT}, so nothing says how they were "
+            f"{folder} holds {len(unrecorded)} images but no {FINGERPRINT}, so nothing says how they were "
             f"drawn: write to another output_dir, or pass fresh=true to delete them and start again")
     atomic_write_bytes(path, (json.dumps(expected, indent=2, sort_keys=True) + "\n").encode())
     return cleared

@@ -100,7 +100,7 @@ class MaskGITSampler(Sampler):
             masked = x == mask  # (B, N)
             share = masked.float().mean(1)  # (B,)
             t = (shares[None, :] - share[:, None]).abs().argmin(1) + 1  # (B,) paper times
-            log_p = self.predict_x0_at(log_p_x0, x, t, truncation_rate)  # (B, K, N)
+            log_p = truncated_log_p(log_p_x0(x, t), truncation_rate)  # (B, K, N), guided
             draw = gumbel_argmax(log_p, generator)  # (B, N)
             if ranks is not None:
                 score = -ranks.float().expand_as(masked)  # earlier in the Halton order first
@@ -116,10 +116,6 @@ class MaskGITSampler(Sampler):
             if callback is not None and i % callback_steps == 0:
                 callback(i, int(model_timestep(t.max())), x)
         return x
-
-    def predict_x0_at(self, log_p_x0, x: torch.Tensor, t: torch.Tensor, truncation_rate: float) -> torch.Tensor:
-        """Guided, truncated and clamped log p(x0 | x) at per-sample paper times ``t``: (B, K, N)."""
-        return truncated_log_p(log_p_x0(x, t), truncation_rate)
 
     def _halton_ranks(self, tokens: int, device: torch.device) -> torch.Tensor:
         """(N,) each position's place in the Halton order."""
