@@ -111,6 +111,25 @@ def test_summary_table_and_plots_from_metrics_files(tmp_path):
         summarize(tmp_path / "0" / "nothing_here")
 
 
+def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
+    for order in ("confidence", "halton"):
+        run_sample(setup, tmp_path / order, "eval.metrics=[shapes]", "sampler=maskgit",
+                   f"sampler.algorithm.order={order}")
+        recorded = json.loads((tmp_path / order / "metrics.json").read_text())
+        assert recorded["sampler"] == "maskgit"
+        assert recorded["sampler_options"] == f"order={order} temperature=4.5"
+    summarize(tmp_path)
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["sampler_options"] for r in rows] == ["order=confidence temperature=4.5",
+                                                "order=halton temperature=4.5"]
+    from vqdiffusion.eval.summary import _variant
+
+    assert [_variant(r, rows) for r in rows] == ["maskgit order=confidence temperature=4.5",
+                                                 "maskgit order=halton temperature=4.5"]
+    assert _variant({"sampler": "ancestral"}, [{"sampler": "ancestral"}]) == "ancestral"
+
+
 def test_multirun_over_steps_ends_with_the_summary(setup, tmp_path):
     """`python sample.py -m ... sampler.num_inference_steps=2,4` tabulates and plots in one command."""
     command = [sys.executable, "sample.py", "-m", f"checkpoint={setup / 'pipe'}", "prompt=a red circle", "n=2",

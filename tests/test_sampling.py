@@ -159,3 +159,25 @@ def test_sample_py_reports_a_mistake_in_one_line_and_leaves_no_folder(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: checkpoint '/no/such/model' does not exist")
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def test_class_jobs_grid_a_row_per_class_and_a_grid_file_per_class(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline("class").save_pretrained(folder)
+    out = sample(compose_sample([f"checkpoint={folder}", "class_labels=[2,0,1]", "n=3",
+                                 "sampler.num_inference_steps=2", f"output_dir={tmp_path / 'out'}"]))
+    tile = Image.open(out / "000000.png").size[0] + 2  # an image and the grid's padding
+    assert Image.open(out / "grid.png").size == (3 * tile + 2, 3 * tile + 2)  # 3 classes x 3 images
+    assert sorted(p.name for p in (out / "class_grids").iterdir()) == [
+        "class_0000.png", "class_0001.png", "class_0002.png"]
+    # class 0 is the job's second label: images 3, 4, 5, and the second row of grid.png
+    grid = np.asarray(Image.open(out / "grid.png"))
+    per_class = np.asarray(Image.open(out / "class_grids" / "class_0000.png"))
+    for column, index in enumerate((3, 4, 5)):
+        image = np.asarray(Image.open(out / f"{index:06d}.png").convert("RGB"))
+        size = image.shape[0]
+        x = 2 + column * tile
+        assert np.array_equal(grid[2 + tile:2 + tile + size, x:x + size], image)
+        assert np.array_equal(per_class[2:2 + size, x:x + size], image)

@@ -16,6 +16,7 @@ from fake_data import (
     make_cub,
     make_fashion_mnist,
     make_image_folder,
+    make_mnist_pickle,
 )
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -49,6 +50,8 @@ EXPERIMENT_DATA = {
     "ffhq": lambda p: [f"data.train.root={make_image_folder(p / 'ffhq')}", "data.train.size=32"],
     "ithq": lambda p: [f"data.train.urls={_shards(p)}", "data.train.size=32", "data.train.shuffle_buffer=4"],
     "fashion_mnist": lambda p: [f"data.train.root={make_fashion_mnist(p / 'fm')}"],
+    "fashion_mnist_gpu": lambda p: [f"data.train.root={make_fashion_mnist(p / 'fm')}"],
+    "mnist_gpu": lambda p: [f"data.train.path={make_mnist_pickle(p / 'mnist.pkl.gz')}"],
 }
 
 
@@ -192,7 +195,8 @@ def test_unknown_preset_fails_at_composition_with_the_options():
         compose_train(["schedule=maskonly"])
 
 
-def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
+@pytest.mark.parametrize("stop", [20, 13])  # at a checkpoint step, and between two
+def test_resumed_run_repeats_the_uninterrupted_losses(stop, tmp_path):
     base = [*TINY, "trainer.log_every_n_steps=1", "diffusion_training.val_every_n_steps=1000",
             "diffusion_training.checkpoint_every_n_steps=20", "diffusion_training.ema_every=1"]
     tokenizer_run = tmp_path / "tok"
@@ -203,17 +207,18 @@ def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):
     train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={full}"]))
     first = tmp_path / "first"
     train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={first}",
-                         "stop_after_steps=20"]))
-    checkpoint = first / "checkpoints" / "step_0000020.ckpt"
+                         f"stop_after_steps={stop}"]))
+    checkpoint = first / "checkpoints" / f"step_{stop:07d}.ckpt"
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == stop
     resumed = tmp_path / "resumed"
     train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={resumed}",
                          f"ckpt_path={checkpoint}"]))  # the name needs no quoting
 
     expected, got = read_losses(full), read_losses(resumed)
-    steps = list(range(20, 40))
+    steps = list(range(stop, 40))
     assert all(step in expected and step in got for step in steps), (sorted(expected), sorted(got))
     assert [got[s] for s in steps] == [expected[s] for s in steps]
-    assert torch.load(checkpoint, weights_only=True)["global_step"] == 20
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == stop
     # The EMA too: the checkpoint holds its step's update, so the resumed run applies every one.
     for name in ("transformer", "learned_classifier_free_sampling_embeddings"):
         full_weights = load_file(next((full / "pipeline" / name).glob("*.safetensors")))
@@ -284,8 +289,9 @@ def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path
     first = train(compose_train([*base, f"output_dir={tmp_path / 'first'}", "stop_after_steps=2"]))
     trained = json.loads((tmp_path / "first" / "tokenizer" / "metrics.json").read_text())
     metrics = train(compose_train([*base, f"output_dir={tmp_path / 'second'}", "ckpt_path=last",
-                                   "stop_after_steps=4"]))
+                                   "stop_after_steps=3"]))
     assert metrics["tokenizer"] == first["tokenizer"] == trained  # reused from the first run, not retrained
+    assert metrics["diffusion"]["steps"] == 5  # three more than the step it resumed at, between checkpoints
     copied = tmp_path / "second" / "tokenizer"
     original = tmp_path / "first" / "tokenizer"
     assert sorted(p.name for p in copied.iterdir()) == sorted(p.name for p in original.iterdir())
@@ -295,6 +301,18 @@ def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path
     assert metrics["tokenizer"] == trained and metrics["diffusion"]["steps"] == 6
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no complete checkpoint under"):
         train(compose_train([*base, f"output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))
+
+
+def test_ckpt_path_auto_chains_one_command_from_a_fresh_start_to_the_end(tmp_path):
+    """A requeued job repeats one command: the first starts afresh, each later one resumes."""
+    job = [*TINY, "diffusion_training.max_steps=5", "diffusion_training.checkpoint_every_n_steps=4",
+           "diffusion_training.val_every_n_steps=1000", "ckpt_path=auto", "stop_after_steps=2"]
+    steps = [train(compose_train([*job, f"output_dir={tmp_path / f'job{i}'}"]))["diffusion"]["steps"]
+             for i in range(3)]
+    assert steps == [2, 4, 5]
+    trained = json.loads((tmp_path / "job0" / "tokenizer" / "metrics.json").read_text())
+    assert all(json.loads((tmp_path / f"job{i}" / "tokenizer" / "metrics.json").read_text()) == trained
+               for i in (1, 2))  # the later jobs adopt the first job's tokenizer
 
 
 def test_a_checkpoint_cut_off_mid_write_is_passed_over_on_resume(tmp_path, caplog):

@@ -17,7 +17,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
-SETTINGS = ("sampler", "num_inference_steps", "guidance_scale", "truncation_rate", "batch_size", "dtype", "speed")
+SETTINGS = ("sampler", "sampler_options", "num_inference_steps", "guidance_scale", "truncation_rate", "batch_size",
+            "dtype", "speed")
 QUALITY = ("fid", "kid", "is", "shapes_faithfulness", "clip_score", "class_accuracy", "classifier_is")
 # metrics that guidance trades against FID: plotted against it across guidance scales
 FIDELITY = ("clip_score", "class_accuracy", "shapes_faithfulness")
@@ -40,6 +41,8 @@ def summarize(folder: str | Path) -> list[Path]:
     rows = collect(folder)
     if not rows:
         raise FileNotFoundError(f"no metrics.json under {folder}: run sample.py with eval.metrics=[...] first")
+    for row in rows:  # the plots' lines: a sampler with its options where those differ between runs
+        row["variant"] = _variant(row, rows)
     columns = ["run"] + [c for c in SETTINGS if any(c in r for r in rows)]
     columns += [c for c in QUALITY + ("kid_std", "is_std", "images_per_second", "num_images", "device")
                 if any(c in r for r in rows)]
@@ -53,6 +56,13 @@ def summarize(folder: str | Path) -> list[Path]:
     written[1].write_text("\n".join(lines) + "\n")
     written += _plots(folder, rows)
     return written
+
+
+def _variant(row: dict, rows: list[dict]) -> str:
+    """The sampler's name, with its options when another run of the same sampler used others."""
+    name = str(row.get("sampler", ""))
+    options = {r.get("sampler_options") for r in rows if r.get("sampler") == row.get("sampler")}
+    return f"{name} {row['sampler_options']}" if len(options) > 1 and row.get("sampler_options") else name
 
 
 def _cell(value) -> str:
@@ -88,7 +98,7 @@ def _plots(folder: Path, rows: list[dict]) -> list[Path]:
             chosen.sort(key=lambda r: (r.get(along, 0), r[x]) if along else (r[x], r[y]))
             if chosen:
                 ax.plot([r[x] for r in chosen], [r[y] for r in chosen], marker="o",
-                        label=f"{group}={key}" if group else None)
+                        label=(key if group == "variant" else f"{group}={key}") if group else None)
             for r in chosen if along else []:
                 ax.annotate(f"{r.get(along):g}", (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(x.replace("_", " "))
@@ -105,12 +115,12 @@ def _plots(folder: Path, rows: list[dict]) -> list[Path]:
 
     if len({r.get("num_inference_steps") for r in rows}) > 1:
         for metric in (m for m in QUALITY if all(m in r for r in rows)):
-            plot("num_inference_steps", metric, f"{metric}_vs_steps.png", "sampler")
+            plot("num_inference_steps", metric, f"{metric}_vs_steps.png", "variant")
     if len({r.get("guidance_scale") for r in rows}) > 1:
         for fidelity in (m for m in FIDELITY if m != quality and all(m in r for r in rows)):
             plot(fidelity, quality, f"{quality}_vs_{fidelity}.png", None, along="guidance_scale")
     if all("images_per_second" in r for r in rows):
-        plot("images_per_second", quality, "speed_vs_quality.png", "sampler")
+        plot("images_per_second", quality, "speed_vs_quality.png", "variant")
     return written
 
 

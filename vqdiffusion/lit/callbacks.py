@@ -129,12 +129,32 @@ class Throughput(pl.Callback):
 
 
 class StopAfterSteps(pl.Callback):
-    """End this job after ``steps`` optimiser steps without changing ``max_steps`` (so the LR
-    schedule is unchanged): for time-limited cluster jobs that resume with ``ckpt_path=last``."""
+    """End this job after ``steps`` more optimiser steps without changing ``max_steps`` (so the LR
+    schedule is unchanged): for time-limited cluster jobs that resume with ``ckpt_path=last``.
+
+    The same command can be requeued as is: each job counts from the step it resumed at. A stop
+    between two of the checkpoint callback's steps writes that step's checkpoint (and ``last.ckpt``)
+    first, so no trained step is lost to the next job."""
 
     def __init__(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"stop_after_steps must be >= 1, got {steps}")
         self.steps = steps
+        self.first_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.first_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.global_step >= self.steps:
-            trainer.should_stop = True
+        if trainer.global_step - self.first_step < self.steps:
+            return
+        trainer.should_stop = True
+        checkpoint = trainer.checkpoint_callback
+        every = getattr(checkpoint, "_every_n_train_steps", 0)
+        if checkpoint is None or checkpoint.dirpath is None or (every and trainer.global_step % every == 0):
+            return  # no checkpoints kept, or the checkpoint callback (which runs next) saves this step
+        folder = Path(checkpoint.dirpath)
+        name = checkpoint.format_checkpoint_name({"step": torch.tensor(trainer.global_step)})
+        trainer.save_checkpoint(str(folder / Path(name).name))
+        if checkpoint.save_last:
+            trainer.save_checkpoint(str(folder / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"))

@@ -1,7 +1,8 @@
 """``sample.py``: images from a pipeline, one PNG per global index, resumable.
 
 Output folder: ``000000.png ...`` (image i of the job), ``samples.jsonl`` (one line per image:
-index, prompt or class, seed, settings), ``grid.png`` and the resolved ``config.yaml``. Image i
+index, prompt or class, seed, settings), ``grid.png`` (a row per class for class-conditional
+jobs, with ``class_grids/`` holding a grid per class) and the resolved ``config.yaml``. Image i
 is drawn with its own generator seeded by (seed, i), so re-running skips the images already
 written and the final set never depends on the batch size or on interruptions.
 """
@@ -159,7 +160,9 @@ def sample(cfg: DictConfig) -> Path:
         pipe.optimize(**speed)
     sampler = instantiate(cfg.sampler.algorithm)
     items = job_items(cfg, pipe)
-    settings = {"sampler": sampler.name, "num_inference_steps": cfg.sampler.num_inference_steps,
+    options = sampler_options(cfg.sampler.algorithm)
+    settings = {"sampler": sampler.name, **({"sampler_options": options} if options else {}),
+                "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
                 **({"ema": bool(cfg.ema)} if is_training_checkpoint(cfg.checkpoint) else {}),
                 **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
@@ -171,8 +174,7 @@ def sample(cfg: DictConfig) -> Path:
         dist.broadcast_object_list(shared, src=0)
         out = Path(shared[0])
     expected = fingerprint(checkpoint_identity(str(cfg.checkpoint)), {
-        **settings, "sampler_options": OmegaConf.to_container(cfg.sampler.algorithm, resolve=True),
-        "dtype": cfg.dtype, "device": pipe.device.type}, items)
+        **settings, "dtype": cfg.dtype, "device": pipe.device.type}, items)
     with folder_lock(out) if rank == 0 else contextlib.nullcontext():
         _claim(out, expected, bool(cfg.get("fresh", False)), rank, world)
         if rank == 0:
@@ -224,8 +226,7 @@ def _draw_and_record(cfg: DictConfig, pipe: VQDiffusionPipeline, sampler: Sample
     if rank == 0:
         lines = "".join(json.dumps({**item, **settings}) + "\n" for item in items)
         atomic_write_bytes(out / "samples.jsonl", lines.encode())
-        images = [Image.open(indexed_png(out, item["index"])) for item in items[:64]]
-        save_png(make_grid(images, columns=min(8, max(1, cfg.n))), out / "grid.png")
+        _write_grids(out, items, cfg.n)
     if cfg.get("eval") and cfg.eval.metrics:
         from ..eval.run import evaluate_folder
 
@@ -236,6 +237,46 @@ def _draw_and_record(cfg: DictConfig, pipe: VQDiffusionPipeline, sampler: Sample
             "device": name, "world_size": world}, device=pipe.device, rank=rank, world=world)
         log.info("metrics: %s", {k: v for k, v in result.items() if isinstance(v, float)})
     return out
+
+
+# Per-class grids are written for class-conditional jobs of at most this many classes.
+MAX_CLASS_GRIDS = 100
+
+
+def _write_grids(out: Path, items: list[dict], per_condition: int) -> None:
+    """``grid.png``: the first 64 images, or for class-conditional jobs up to 8 images of each of
+    the first 8 classes, a row per class; and ``class_grids/class_<id>.png`` (64 images each)."""
+    def open_all(chosen: list[dict]) -> list[Image.Image]:
+        return [Image.open(indexed_png(out, item["index"])) for item in chosen]
+
+    classes: dict[int, list[dict]] = {}
+    for item in items:
+        if "class_label" in item:
+            classes.setdefault(item["class_label"], []).append(item)
+    if not classes:
+        save_png(make_grid(open_all(items[:64]), columns=min(8, max(1, per_condition))), out / "grid.png")
+        return
+    columns = min(8, max(len(members) for members in classes.values()))
+    rows = [members[:columns] for members in list(classes.values())[:8]]
+    tiles = [image for row in rows for image in _padded(open_all(row), columns)]
+    save_png(make_grid(tiles, columns=columns), out / "grid.png")
+    if len(classes) <= MAX_CLASS_GRIDS:
+        (out / "class_grids").mkdir(exist_ok=True)
+        for label, members in classes.items():
+            save_png(make_grid(open_all(members[:64]), columns=8), out / "class_grids" / f"class_{label:04d}.png")
+
+
+def _padded(images: list[Image.Image], length: int) -> list[Image.Image]:
+    """A grid row of ``length`` tiles: black tiles after a class with fewer images."""
+    blank = Image.new(images[0].mode, images[0].size)
+    return images + [blank] * (length - len(images))
+
+
+def sampler_options(algorithm: DictConfig) -> str:
+    """The sampler's own arguments as one sorted ``key=value`` string ("" when it takes none):
+    recorded beside its name, so runs that differ only in, say, MaskGIT's order stay apart."""
+    options = OmegaConf.to_container(algorithm, resolve=True)
+    return " ".join(f"{key}={options[key]}" for key in sorted(options) if not key.startswith("_"))
 
 
 def _speed_settings(cfg: DictConfig) -> dict:
