@@ -42,7 +42,7 @@ def plain(node) -> dict:
 
 def test_every_group_of_the_train_config_is_covered_here():
     covered = {"data", "tokenizer", "model", "condition", "schedule", "sampler", "lr_scheduler", "logger",
-               "callbacks", "trainer", "debug", "experiment"}  # trainer, debug, experiment: tests/test_train.py
+               "callbacks", "loss", "trainer", "debug", "experiment"}  # trainer, debug, experiment: tests/test_train.py
     groups = {p.name for p in CONFIGS.iterdir() if p.is_dir()} - {"protocol"}  # protocol: sample.py's
     assert groups == covered
 
@@ -98,6 +98,19 @@ def test_every_schedule_option_builds_a_schedule_of_distributions(option):
     schedule = NoiseSchedule(16, instantiate(compose_train([f"schedule={option}"]).schedule))
     gbar = schedule.mask_probability(torch.arange(schedule.num_timesteps + 1))
     assert gbar[0] == 0 and torch.all(gbar[1:] >= gbar[:-1])
+
+
+@pytest.mark.parametrize("option", options("loss"))
+def test_every_loss_option_builds_a_loss_on_a_mask_only_schedule(option):
+    from vqdiffusion.diffusion.loss import DiffusionLoss, LossConfig
+
+    cfg = compose_train([f"loss={option}", "schedule=mask_only"])
+    config = instantiate(cfg.loss)
+    assert isinstance(config, LossConfig) and config.objective == option
+    loss = DiffusionLoss(NoiseSchedule(16, instantiate(cfg.schedule)), config)
+    x0 = torch.randint(0, 16, (3, 10))
+    terms = loss(lambda x_t, t: torch.zeros(3, 16, 10), x0, t=torch.tensor([1, 50, 100]))
+    assert torch.isfinite(terms["loss"]) and terms["loss"] > 0
 
 
 @pytest.mark.parametrize("option", options("sampler"))

@@ -117,16 +117,16 @@ def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
                    f"sampler.algorithm.order={order}")
         recorded = json.loads((tmp_path / order / "metrics.json").read_text())
         assert recorded["sampler"] == "maskgit"
-        assert recorded["sampler_options"] == f"order={order} temperature=4.5"
+        assert recorded["sampler_options"] == f"float64_draws=False order={order} temperature=4.5"
     summarize(tmp_path)
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["sampler_options"] for r in rows] == ["order=confidence temperature=4.5",
-                                                "order=halton temperature=4.5"]
+    assert [r["sampler_options"] for r in rows] == ["float64_draws=False order=confidence temperature=4.5",
+                                                "float64_draws=False order=halton temperature=4.5"]
     from vqdiffusion.eval.summary import _variant
 
-    assert [_variant(r, rows) for r in rows] == ["maskgit order=confidence temperature=4.5",
-                                                 "maskgit order=halton temperature=4.5"]
+    assert [_variant(r, rows) for r in rows] == ["maskgit float64_draws=False order=confidence temperature=4.5",
+                                                 "maskgit float64_draws=False order=halton temperature=4.5"]
     assert _variant({"sampler": "ancestral"}, [{"sampler": "ancestral"}]) == "ancestral"
 
 

@@ -187,3 +187,39 @@ def test_validation_leaves_the_importance_history_alone():
     assert not loss.loss_count.any() and not loss.loss_sq_history.any()
     loss.train()(model, x0, t=torch.full((B,), 5))
     assert loss.loss_count[4] == B and loss.loss_sq_history[4] > 0
+
+
+@pytest.mark.parametrize("t", [2, 17, 60, 100])
+def test_masked_ce_is_the_mask_only_bound_term_by_term(t):
+    """MD4 / MDLM's weighted cross-entropy equals the closed-form VLB at every t > 1 of a mask-only
+    schedule: w_t = (gbar_t - gbar_{t-1}) / gbar_t = 1/t here, times the masked tokens' NLL."""
+    from vqdiffusion.diffusion.loss import masked_ce_terms, per_sample_terms
+
+    schedule = NoiseSchedule(K, ScheduleConfig.preset("mask_only"))
+    g = torch.Generator().manual_seed(t)
+    x0 = torch.randint(0, K, (B, N), generator=g)
+    times = torch.full((B,), t)
+    from vqdiffusion.diffusion.process import q_sample
+
+    x_t = q_sample(x0, times, schedule, g)
+    logits = torch.randn(B, K, N, generator=g) * 2
+    vlb, *_ = per_sample_terms(logits, x0, x_t, times, schedule, 1.0, 1.0, 0.0, True)
+    masked_ce, *_ = masked_ce_terms(logits, x0, x_t, times, schedule, 0.0, True)
+    torch.testing.assert_close(masked_ce, vlb, rtol=1e-4, atol=1e-5)
+    nll = -logits.log_softmax(1).gather(1, x0[:, None]).squeeze(1)
+    by_hand = (nll * (x_t == K)).sum(1) / t  # gbar_t = t / 100
+    torch.testing.assert_close(masked_ce, by_hand, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_ce_trains_as_an_option_and_refuses_replace_noise():
+    mask_only = NoiseSchedule(K, ScheduleConfig.preset("mask_only"))
+    loss = DiffusionLoss(mask_only, LossConfig(objective="masked_ce", auxiliary_weight=0.0, time_sampling="uniform"))
+    logits = torch.zeros(B, K, N, requires_grad=True)
+    terms = loss(lambda x_t, t: logits, torch.randint(0, K, (B, N)), generator=torch.Generator().manual_seed(0))
+    terms["loss"].backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    assert terms["aux"] == 0 and torch.equal(terms["loss"], terms["vb"])
+    with pytest.raises(ValueError, match=r"'masked_ce' needs a mask-only schedule .* up to 10\.0%"):
+        DiffusionLoss(NoiseSchedule(K, ScheduleConfig.preset("paper")), LossConfig(objective="masked_ce"))
+    with pytest.raises(ValueError, match="objective must be one of"):
+        LossConfig(objective="elbo")

@@ -1,4 +1,5 @@
-"""The VQ-Diffusion training loss (SPEC §4): variational bound + auxiliary x0 term.
+"""The VQ-Diffusion training loss (SPEC §4): variational bound + auxiliary x0 term; and, for
+mask-only schedules, the simplified masked-diffusion loss of MD4 / MDLM (``objective="masked_ce"``).
 
 The loss receives the denoising network as a function ``log_p_x0(x_t, t) -> (B, K, N)`` and
 never owns it, so the same object serves any model, condition and training loop.
@@ -25,8 +26,16 @@ __all__ = ["LossConfig", "DiffusionLoss", "LogPX0Fn"]
 LogPX0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+OBJECTIVES = ("vlb", "masked_ce")
+
+
 @dataclass(frozen=True)
 class LossConfig:
+    # "vlb": the bound from the closed-form posteriors (any schedule); "masked_ce": for mask-only
+    # schedules, the cross-entropy of the masked tokens weighted by (gbar_t - gbar_{t-1}) / gbar_t,
+    # which is the same bound term by term at t > 1 without the (K+1)-way posteriors (MD4, Shi et
+    # al. 2024; MDLM, Sahoo et al. 2024). An auxiliary_weight > 0 adds the auxiliary term to either.
+    objective: str = "vlb"
     auxiliary_weight: float = 5e-4  # lambda: 5e-4 for text, 1e-3 for class-conditional (SPEC §7)
     # scale the auxiliary term by 2 - (t - 1)/T at paper time t (1 at t = 1 ... 1 + 1/T at t = T):
     # the authors' (1 - t/T) + 1 with their 0-based t
@@ -41,6 +50,8 @@ class LossConfig:
     history_decay: float = 0.9  # running mean of L_t^2: new = decay * old + (1 - decay) * L_t^2
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.time_sampling not in ("uniform", "importance"):
             raise ValueError(f"time_sampling must be 'uniform' or 'importance', got {self.time_sampling!r}")
         if self.auxiliary_weight < 0:
@@ -78,6 +89,31 @@ def per_sample_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, 
     return bound, kl, decoder_nll, aux
 
 
+def masked_ce_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                    schedule: NoiseSchedule, auxiliary_weight: float, adaptive_auxiliary: bool):
+    """The simplified masked-diffusion loss per sample: (bound, kl, decoder_nll, weighted aux), each (B,).
+
+    Under a mask-only schedule the reverse step's KL at a masked position is ``-w_t log p(x0 |
+    x_t)`` with ``w_t = (gbar_t - gbar_{t-1}) / gbar_t`` (the share of masked tokens revealed
+    at this step) and 0 elsewhere, so ``bound = w_t * sum over masked positions of the NLL``;
+    at t = 1 (w = 1) it is the decoder NLL of the masked positions (the revealed ones are copied).
+
+    Args:
+        logits: (B, K, N); x0, x_t: (B, N); t: (B,) paper times.
+    """
+    log_p = logits.float().log_softmax(1)
+    nll = -log_p.gather(1, x0[:, None]).squeeze(1)  # (B, N)
+    masked = (x_t == schedule.mask_index).float()
+    gbar_t, gbar_s = schedule.mask_probability(t), schedule.mask_probability(t - 1)
+    weight = (gbar_t - gbar_s) / gbar_t.clamp_min(1e-12)  # (B,)
+    bound = weight * (nll * masked).sum(1)
+    aux = torch.zeros_like(bound)
+    if auxiliary_weight > 0:
+        factor = 2 - (t - 1) / schedule.num_timesteps if adaptive_auxiliary else torch.ones_like(bound)
+        aux = auxiliary_weight * factor * nll.sum(1)
+    return bound, bound, bound, aux
+
+
 class DiffusionLoss(nn.Module):
     """Samples t and x_t, and returns the per-token loss terms.
 
@@ -96,6 +132,12 @@ class DiffusionLoss(nn.Module):
         super().__init__()
         self.schedule = schedule
         self.config = config or LossConfig()
+        if self.config.objective == "masked_ce":
+            replace = schedule.max_replace_share()
+            if replace > 1e-5:
+                raise ValueError(f"loss objective 'masked_ce' needs a mask-only schedule (schedule=mask_only), "
+                                 f"but this one turns up to {replace:.1%} of the tokens into random codes; use "
+                                 "objective 'vlb'")
         steps = schedule.num_timesteps
         self.register_buffer("loss_sq_history", torch.zeros(steps))
         self.register_buffer("loss_count", torch.zeros(steps))
@@ -153,9 +195,14 @@ class DiffusionLoss(nn.Module):
         # this math at batch 512 x 256 codes ("PassManager::run failed" in make_ttgir, H100), and
         # validation evaluates a few batches
         compile_now = self.compile_math and torch.is_grad_enabled()
-        terms = compiled(per_sample_terms) if compile_now else per_sample_terms
-        bound, kl, decoder_nll, aux = terms(logits, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
-                                            cfg.auxiliary_weight, cfg.adaptive_auxiliary, self.terms_of_tokens)
+        if cfg.objective == "masked_ce":
+            terms = compiled(masked_ce_terms) if compile_now else masked_ce_terms
+            bound, kl, decoder_nll, aux = terms(logits, x0, x_t, t, schedule, cfg.auxiliary_weight,
+                                                cfg.adaptive_auxiliary)
+        else:
+            terms = compiled(per_sample_terms) if compile_now else per_sample_terms
+            bound, kl, decoder_nll, aux = terms(logits, x0, x_t, t, schedule, cfg.masked_weight, cfg.unmasked_weight,
+                                                cfg.auxiliary_weight, cfg.adaptive_auxiliary, self.terms_of_tokens)
         if self.training and torch.is_grad_enabled():  # not validation's (other weights, fixed t)
             self._update_history(t, bound.detach())
         is_first = t == 1

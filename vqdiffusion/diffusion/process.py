@@ -48,9 +48,10 @@ def _per_row(draw, shape, generator: Generators) -> torch.Tensor:
     return torch.stack([draw(tuple(shape[1:]), g) for g in generator])
 
 
-def uniform(shape, device: torch.device | str, generator: Generators = None) -> torch.Tensor:
-    """U[0, 1) float32 of ``shape`` (one generator, or one per row)."""
-    return _per_row(lambda size, g: torch.rand(size, device=device, generator=g), shape, generator)
+def uniform(shape, device: torch.device | str, generator: Generators = None,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """U[0, 1) of ``shape`` (one generator, or one per row)."""
+    return _per_row(lambda size, g: torch.rand(size, device=device, generator=g, dtype=dtype), shape, generator)
 
 
 def random_codes(high: int, shape, device: torch.device | str, generator: Generators = None) -> torch.Tensor:
@@ -63,14 +64,20 @@ def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
     return -torch.log((-torch.log(u.clamp_min(1e-30))).clamp_min(1e-30))
 
 
-def gumbel_noise(like: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-    """Standard Gumbel noise with the shape and device of ``like`` (float32)."""
-    return gumbel_from_uniform(uniform(like.shape, like.device, generator))
+def gumbel_noise(like: torch.Tensor, generator: Generators = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard Gumbel noise with the shape and device of ``like``.
+
+    In float32 the uniforms come in steps of 2^-24, so the noise never exceeds about 16.6 and its
+    upper tail is cut: Gumbel-max then favours likely values a little, a lower effective
+    temperature (Zheng et al. 2024). ``dtype=torch.float64`` moves that cut beyond 36."""
+    return gumbel_from_uniform(uniform(like.shape, like.device, generator, dtype))
 
 
-def gumbel_argmax(logits: torch.Tensor, generator: Generators = None, dim: int = 1) -> torch.Tensor:
-    """Sample a categorical from unnormalised log-probabilities by the Gumbel-max trick."""
-    return (logits + gumbel_noise(logits, generator)).argmax(dim=dim)
+def gumbel_argmax(logits: torch.Tensor, generator: Generators = None, dim: int = 1,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sample a categorical from unnormalised log-probabilities by the Gumbel-max trick (the
+    noise, and so the sum, in ``dtype``)."""
+    return (logits + gumbel_noise(logits, generator, dtype)).argmax(dim=dim)
 
 
 def q_sample(

@@ -144,6 +144,12 @@ class NoiseSchedule(nn.Module):
         """gbar_t: the share of tokens masked at paper time ``t``."""
         return self.log_gamma[t, torch.zeros_like(t)].exp()
 
+    def max_replace_share(self) -> float:
+        """The largest share of tokens that replace noise turns into random codes, over t = 1..T:
+        0 for ``mask_only``, 1e-6 for ``released``, 0.1 at T for ``paper``."""
+        t = torch.arange(1, self.num_timesteps + 1, device=self.log_beta.device)
+        return float((self.log_beta[t, torch.zeros_like(t)].exp() * self.num_codes).max())
+
     def respaced_timesteps(self, num_inference_steps: int, start: int | None = None) -> list[int]:
         """Decreasing paper times for a sampler that makes ``num_inference_steps`` network calls.
 

@@ -13,16 +13,20 @@ import inspect
 from .ancestral import AncestralSampler
 from .base import EditSpec, Sampler, StepCallback, sample_prior
 from .diffusers import DiffusersSampler
+from .first_hitting import FirstHittingSampler
 from .maskgit import MaskGITSampler
 from .purity import PuritySampler
+from .remdm import ReMDMSampler
 
 __all__ = [
     "SAMPLERS",
     "AncestralSampler",
     "DiffusersSampler",
     "EditSpec",
+    "FirstHittingSampler",
     "MaskGITSampler",
     "PuritySampler",
+    "ReMDMSampler",
     "Sampler",
     "StepCallback",
     "make_sampler",
@@ -30,7 +34,9 @@ __all__ = [
 ]
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    sampler.name: sampler for sampler in (AncestralSampler, PuritySampler, DiffusersSampler, MaskGITSampler)
+    sampler.name: sampler
+    for sampler in (AncestralSampler, PuritySampler, DiffusersSampler, MaskGITSampler, FirstHittingSampler,
+                    ReMDMSampler)
 }
 
 

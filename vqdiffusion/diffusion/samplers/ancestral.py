@@ -39,7 +39,7 @@ class AncestralSampler(Sampler):
         t_, s_ = (torch.full((batch,), v, device=x_t.device) for v in (t, s))
         log_p = log_p_x0(x_t, t_)  # (B, K, N), guided
         # the draws come after the network call, as in gumbel_argmax: the same numbers either way
-        u = uniform((batch, schedule.num_codes + 1, x_t.shape[1]), x_t.device, generator)
+        u = uniform((batch, schedule.num_codes + 1, x_t.shape[1]), x_t.device, generator, self.draw_dtype)
         update = compiled(ancestral_update, self.compile_math) if self.compile_math else ancestral_update
         x_s = update(log_p, x_t, t_, s_, schedule, truncation_rate, u, truncation_kernel=self.compile_math is not None)
         # a CUDA-graph output is overwritten by the next replay; the tokens must outlive it

@@ -13,7 +13,10 @@ from ..loss import LogPX0Fn
 from ..process import LOG_PROB_FLOOR, Generators, q_sample, random_codes
 from ..schedule import NoiseSchedule, model_timestep
 
-__all__ = ["Sampler", "EditSpec", "StepCallback", "sample_prior", "truncated_log_p"]
+__all__ = ["Sampler", "EditSpec", "StepCallback", "require_mask_only", "sample_prior", "truncated_log_p"]
+
+# Replace noise below this share is ignored by the mask-only samplers (the released schedule's 1e-6).
+MASK_ONLY_TOLERANCE = 1e-5
 
 # callback(step index, model timestep just left (paper t - 1), tokens (B, N) after the step)
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -46,6 +49,15 @@ def sample_prior(
     return q_sample(fake_x0, t, schedule, generator)
 
 
+def require_mask_only(schedule: NoiseSchedule, sampler: str) -> None:
+    """Refuse a schedule with real replace noise: ``sampler`` only ever reveals masked tokens."""
+    share = schedule.max_replace_share()
+    if share > MASK_ONLY_TOLERANCE:
+        raise ValueError(f"the {sampler!r} sampler needs a mask-only schedule (schedule=mask_only, or the "
+                         f"released one), but this one turns up to {share:.1%} of the tokens into random codes; "
+                         "use 'ancestral' or 'purity'")
+
+
 def truncated_log_p(log_p: torch.Tensor, truncation_rate: float, kernel: bool = False) -> torch.Tensor:
     """Truncated and clamped float32 log p(x0 | x_t): (B, K, N). ``kernel``: without a sort, on a GPU
     (:func:`~vqdiffusion.diffusion.guidance.truncate_fast`; the fast path's choice)."""
@@ -59,11 +71,17 @@ class Sampler:
     Subclasses implement :meth:`step`, one network call taking x_t at paper time t to x_s.
     ``compile_math``, a ``torch.compile`` mode or None (set per call from
     ``VQDiffusionPipeline.optimize(compile=...)``), lets a sampler run its step math compiled.
+    ``float64_draws`` draws every categorical with float64 Gumbel noise: float32's cut tail
+    samples slightly colder than the model (other images than float32 draws, for the same seed).
     """
 
     name = "base"
     compile_math: str | None = None
     starts_from_mask = False  # True: the chain starts from all-[MASK], not from a draw of the prior
+    draw_dtype = torch.float32  # of the categorical draws' Gumbel noise (see gumbel_noise)
+
+    def __init__(self, float64_draws: bool = False) -> None:
+        self.draw_dtype = torch.float64 if float64_draws else torch.float32
 
     def __call__(
         self,

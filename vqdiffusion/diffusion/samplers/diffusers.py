@@ -25,6 +25,9 @@ class DiffusersSampler(Sampler):
     name = "diffusers"
     starts_from_mask = True  # as diffusers' pipeline, whatever the schedule's prior
 
+    def __init__(self) -> None:  # diffusers' float32 draws are the point: no float64 option
+        super().__init__()
+
     def __call__(
         self,
         log_p_x0: LogPX0Fn,

@@ -69,13 +69,15 @@ class MaskGITSampler(Sampler):
         temperature: the Gumbel temperature of the confidence ranking at the first call, falling
             linearly to 0 at the last (MaskGIT's ``choice_temperature``); 0 ranks by confidence alone.
         grid: (height, width) of the token grid, for ``order="halton"`` (default: square).
+        float64_draws: float64 Gumbel noise for the draws and the ranking (see :class:`Sampler`).
     """
 
     name = "maskgit"
     starts_from_mask = True
 
     def __init__(self, order: str = "confidence", temperature: float = 4.5,
-                 grid: tuple[int, int] | None = None) -> None:
+                 grid: tuple[int, int] | None = None, float64_draws: bool = False) -> None:
+        super().__init__(float64_draws)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         if not temperature >= 0:
@@ -101,14 +103,14 @@ class MaskGITSampler(Sampler):
             share = masked.float().mean(1)  # (B,)
             t = (shares[None, :] - share[:, None]).abs().argmin(1) + 1  # (B,) paper times
             log_p = truncated_log_p(log_p_x0(x, t), truncation_rate)  # (B, K, N), guided
-            draw = gumbel_argmax(log_p, generator)  # (B, N)
+            draw = gumbel_argmax(log_p, generator, dtype=self.draw_dtype)  # (B, N)
             if ranks is not None:
                 score = -ranks.float().expand_as(masked)  # earlier in the Halton order first
             else:
                 score = log_p.gather(1, draw[:, None]).squeeze(1)
                 heat = self.temperature * (1 - (i + 1) / steps)
                 if heat > 0:
-                    score = score + heat * gumbel_noise(score, generator)
+                    score = score + heat * gumbel_noise(score, generator, self.draw_dtype)
             score = score.masked_fill(~masked, float("-inf"))
             place = score.argsort(dim=1, descending=True).argsort(dim=1)  # (B, N) 0 = most confident
             reveal = masked & (place < (masked.sum(1) - target)[:, None])

@@ -23,7 +23,8 @@ class PuritySampler(Sampler):
 
     name = "purity"
 
-    def __init__(self, purity_weight: float = float("inf")) -> None:
+    def __init__(self, purity_weight: float = float("inf"), float64_draws: bool = False) -> None:
+        super().__init__(float64_draws)
         if not purity_weight > 0:
             raise ValueError(f"purity_weight must be > 0, got {purity_weight}")
         self.purity_weight = purity_weight
@@ -41,5 +42,5 @@ class PuritySampler(Sampler):
         score = purity.masked_fill(~masked, float("-inf"))
         rank = score.argsort(dim=1, descending=True).argsort(dim=1)  # (B, N) rank of each position
         reveal = masked & (rank < n_reveal)
-        x0 = gumbel_argmax(log_p, generator)
+        x0 = gumbel_argmax(log_p, generator, dtype=self.draw_dtype)
         return torch.where(reveal, x0, x_t)
