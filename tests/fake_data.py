@@ -125,3 +125,29 @@ def make_emojione(root: Path, names: tuple[str, ...] = ("grinning face", "raised
         image.save(root / "assets" / "png" / f"{code}.png")
     (root / "config" / "index.json").write_text(json.dumps(index))
     return root
+
+
+def make_twemoji(root: Path, names: tuple[str, ...] = ("GRINNING FACE", "RAISED HAND", "BILLIARDS", "SNOWMAN",
+                                                        "ROCKET", "CRAB", "RED APPLE", "COUPLE")) -> Path:
+    """The npm package's layout: emoji.json and img/twitter/64/<unified>.png; RAISED HAND has two
+    skin tones, COUPLE one two-person tone, SNOWMAN an entry whose image is missing."""
+    images = root / "img" / "twitter" / "64"
+    images.mkdir(parents=True)
+    entries = []
+    for i, name in enumerate(names):
+        code = f"1f{700 + i:03x}"
+        entry = {"name": name, "short_name": name.lower().replace(" ", "_"), "image": f"{code}.png",
+                 "has_img_twitter": name != "SNOWMAN"}
+        if name == "RAISED HAND":
+            entry["skin_variations"] = {tone: {"image": f"{code}-{tone.lower()}.png", "has_img_twitter": True}
+                                        for tone in ("1F3FB", "1F3FD")}
+        if name == "COUPLE":
+            entry["skin_variations"] = {"1F3FB-1F3FF": {"image": f"{code}-mixed.png", "has_img_twitter": True}}
+        entries.append(entry)
+        files = [entry["image"]] + [v["image"] for v in entry.get("skin_variations", {}).values()]
+        for file in files if entry["has_img_twitter"] else []:
+            image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+            image.paste((30, 40 + 10 * i, 200, 255), (8, 8, 56, 56))
+            image.save(images / file)
+    (root / "emoji.json").write_text(json.dumps(entries))
+    return root

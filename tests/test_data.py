@@ -293,6 +293,32 @@ def test_emojione_splits_by_base_name_and_captions_with_names(tmp_path):
         EmojiOne(str(tmp_path / "nothing"))
 
 
+def test_twemoji_captions_tones_as_emojione_and_both_sets_split_alike(tmp_path):
+    from fake_data import make_emojione, make_twemoji
+
+    from vqdiffusion.data.emoji import Emoji, Twemoji, heldout
+
+    root = make_twemoji(tmp_path / "npm")
+    every = [Twemoji(str(root), split, size=32, heldout_share=0.5) for split in ("train", "heldout")]
+    captions = sorted(c for part in every for c in part.all_captions())
+    assert captions == ["billiards", "couple", "couple tone 1-5", "crab", "grinning face", "raised hand",
+                        "raised hand tone 1", "raised hand tone 3", "red apple", "rocket"]  # no snowman image
+    for part in every:
+        assert all(heldout(c, 0.5) == (part is every[1]) for c in part.all_captions())
+        item = part[0]
+        assert item["image"].shape == (3, 32, 32) and item["caption"] in part.all_captions()
+    untoned = [Twemoji(str(root), split, heldout_share=0.5, skin_tones=False) for split in ("train", "heldout")]
+    assert sum(map(len, untoned)) == sum(map(len, every)) - 3  # the three tone variants
+    gem = make_emojione(tmp_path / "gem")
+    both = Emoji(str(gem), str(root), "heldout", size=32, heldout_share=0.5)
+    assert len(both) == len(both.sets[0]) + len(both.sets[1]) and len(both.sets[1]) == len(every[1])
+    assert [both[i]["caption"] for i in range(len(both))] == [
+        part[i]["caption"] for part in both.sets for i in range(len(part))]
+    assert set(both.all_captions()) == set(both.sets[0].all_captions()) | set(every[1].all_captions())
+    with pytest.raises(DatasetNotFoundError, match="npm install --prefix data/twemoji"):
+        Twemoji(str(tmp_path / "nothing"))
+
+
 @pytest.mark.skipif(not Path(EMOJIONE_ROOT).exists(), reason="Debian package ruby-gemojione not installed")
 def test_real_emojione_holds_every_emoji_once():
     from vqdiffusion.data.emoji import EmojiOne

@@ -14,9 +14,11 @@ from fake_data import (
     make_class_folders,
     make_coco,
     make_cub,
+    make_emojione,
     make_fashion_mnist,
     make_image_folder,
     make_mnist_pickle,
+    make_twemoji,
 )
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -52,6 +54,8 @@ EXPERIMENT_DATA = {
     "fashion_mnist": lambda p: [f"data.train.root={make_fashion_mnist(p / 'fm')}"],
     "fashion_mnist_gpu": lambda p: [f"data.train.root={make_fashion_mnist(p / 'fm')}"],
     "mnist_gpu": lambda p: [f"data.train.path={make_mnist_pickle(p / 'mnist.pkl.gz')}"],
+    "emoji_gpu": lambda p: [f"data.train.emojione_root={make_emojione(p / 'gem')}",
+                            f"data.train.twemoji_root={make_twemoji(p / 'npm')}", "data.train.size=32"],
 }
 
 

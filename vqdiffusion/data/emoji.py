@@ -1,9 +1,11 @@
-"""EmojiOne: 1794 captioned 64×64 emoji images that install offline (Debian ``ruby-gemojione``).
+"""Captioned 64×64 emoji that install offline: EmojiOne (1794 images, Debian ``ruby-gemojione``),
+Twemoji (3786 images, npm ``emoji-datasource-twitter``) and both together (:class:`Emoji`).
 
 Each emoji's caption is its Unicode name ("billiards", "flag for france", "raised hand tone 3");
-``keywords=True`` adds a few of its keywords on some visits. The held-out split is fixed by a hash
-of the emoji's base name, so the skin-tone variants of one emoji always fall in the same split and
-a held-out caption never has a near-copy in training.
+``keywords=True`` adds a few of EmojiOne's keywords on some visits. The held-out split is fixed by a
+hash of the emoji's base name, so the skin-tone variants of one emoji always fall in the same split,
+an emoji held out of one set is held out of the other, and a held-out caption never has a
+near-copy in training.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from pathlib import Path
 from .robust import DatasetNotFoundError, RobustDataset
 from .transforms import ImageTransform, open_rgb
 
-__all__ = ["EmojiOne", "EMOJIONE_ROOT"]
+__all__ = ["Emoji", "EmojiOne", "Twemoji", "EMOJIONE_ROOT", "TWEMOJI_ROOT"]
 
 EMOJIONE_ROOT = "/usr/share/rubygems-integration/all/gems/gemojione-3.3.0"
+TWEMOJI_ROOT = "data/twemoji/node_modules/emoji-datasource-twitter"
 SPLITS = ("train", "heldout")
-_TONE = re.compile(r"\s+tone\s+\d+$")
+_TONE = re.compile(r"\s+tone\s+[\d-]+$")
+# Twemoji's skin-tone modifiers, numbered as EmojiOne's caption suffixes ("tone 1" .. "tone 5")
+_TONES = {"1F3FB": "1", "1F3FC": "2", "1F3FD": "3", "1F3FE": "4", "1F3FF": "5"}
 
 
 def heldout(name: str, share: float) -> bool:
@@ -83,3 +88,91 @@ class EmojiOne(RobustDataset):
         if self.keywords:
             captions |= {f"{name}, {', '.join(words[:3])}" for _, name, words in self.items if words}
         return sorted(captions)
+
+
+class Twemoji(RobustDataset):
+    """Twemoji at 64×64 from the npm package ``emoji-datasource-twitter``, captioned like EmojiOne:
+    the lower-case Unicode name, with " tone N" (N = 1..5, or "1-3" for two people) for skin tones.
+
+    Args:
+        root: the package folder (``emoji.json`` + ``img/twitter/64/<image>``).
+        split: ``train`` or ``heldout`` (``heldout_share`` of the emoji, by base name).
+        size: output side in pixels (the files are 64×64).
+        skin_tones: include the skin-tone variants (2 in 3 of the images).
+    """
+
+    LAYOUT = "root/\n  emoji.json\n  img/twitter/64/<unified>.png   (64x64)"
+    PREPARE = "npm install --prefix data/twemoji emoji-datasource-twitter   (files go to " + TWEMOJI_ROOT + ")"
+
+    def __init__(self, root: str = TWEMOJI_ROOT, split: str = "train", size: int = 64, heldout_share: float = 0.1,
+                 skin_tones: bool = True) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"Twemoji split must be one of {SPLITS}, got {split!r}")
+        if not 0 < heldout_share < 1:
+            raise ValueError(f"heldout_share must be in (0, 1), got {heldout_share}")
+        folder = Path(root)
+        index = folder / "emoji.json"
+        if not index.exists():
+            raise DatasetNotFoundError("twemoji", folder, self.LAYOUT, self.PREPARE)
+        images = folder / "img" / "twitter" / "64"
+        self.transform = ImageTransform(size)
+        self.items = []
+        for entry in json.loads(index.read_text(encoding="utf-8")):
+            name = (entry.get("name") or entry.get("short_name") or "").lower()
+            if not name or heldout(name, heldout_share) != (split == "heldout"):
+                continue
+            variants = [(entry.get("image"), name, entry.get("has_img_twitter"))]
+            if skin_tones:
+                for key, variant in (entry.get("skin_variations") or {}).items():
+                    tones = "-".join(_TONES.get(part, "?") for part in key.split("-"))
+                    variants.append((variant.get("image"), f"{name} tone {tones}", variant.get("has_img_twitter")))
+            self.items += [(images / image, caption) for image, caption, has in variants
+                           if image and has and (images / image).exists()]
+        if not self.items:
+            raise DatasetNotFoundError("twemoji", folder, self.LAYOUT, self.PREPARE)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def describe(self, index: int) -> str:
+        return str(self.items[index][0])
+
+    def load(self, index: int) -> dict:
+        path, caption = self.items[index]
+        return {"image": self.transform(open_rgb(path)), "caption": caption, "label": -1}
+
+    def all_captions(self) -> list[str]:
+        return sorted({caption for _, caption in self.items})
+
+
+class Emoji(RobustDataset):
+    """EmojiOne and Twemoji together, the same split of each: two drawings of most captions.
+
+    Args:
+        emojione_root, twemoji_root: the two sets' folders (see :class:`EmojiOne`, :class:`Twemoji`).
+        split, size, heldout_share: as for either set (one hash decides both splits).
+    """
+
+    def __init__(self, emojione_root: str = EMOJIONE_ROOT, twemoji_root: str = TWEMOJI_ROOT, split: str = "train",
+                 size: int = 64, heldout_share: float = 0.1) -> None:
+        self.sets = [EmojiOne(emojione_root, split, size, heldout_share),
+                     Twemoji(twemoji_root, split, size, heldout_share)]
+        self.offsets = [0, len(self.sets[0])]
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.sets)
+
+    def _locate(self, index: int) -> tuple[RobustDataset, int]:
+        second = index >= self.offsets[1]
+        return self.sets[second], index - self.offsets[second]
+
+    def describe(self, index: int) -> str:
+        part, local = self._locate(index)
+        return part.describe(local)
+
+    def load(self, index: int) -> dict:
+        part, local = self._locate(index)
+        return part.load(local)
+
+    def all_captions(self) -> list[str]:
+        return sorted(set(self.sets[0].all_captions()) | set(self.sets[1].all_captions()))
