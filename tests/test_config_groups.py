@@ -42,7 +42,8 @@ def plain(node) -> dict:
 
 def test_every_group_of_the_train_config_is_covered_here():
     covered = {"data", "tokenizer", "model", "condition", "schedule", "sampler", "lr_scheduler", "logger",
-               "callbacks", "loss", "trainer", "debug", "experiment"}  # trainer, debug, experiment: tests/test_train.py
+               "callbacks", "loss", "trainer", "debug", "experiment",
+               "cluster"}  # trainer, debug, experiment: tests/test_train.py; cluster: tests/test_cluster.py
     groups = {p.name for p in CONFIGS.iterdir() if p.is_dir()} - {"protocol"}  # protocol: sample.py's
     assert groups == covered
 

@@ -16,7 +16,8 @@ from ..diffusion.samplers import Sampler
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import make_grid, save_png
 
-__all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns", "sample_for_validation"]
+__all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns", "sample_for_validation",
+           "write_step_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +150,22 @@ class StopAfterSteps(pl.Callback):
         if trainer.global_step - self.first_step < self.steps:
             return
         trainer.should_stop = True
-        checkpoint = trainer.checkpoint_callback
-        every = getattr(checkpoint, "_every_n_train_steps", 0)
-        if checkpoint is None or checkpoint.dirpath is None or (every and trainer.global_step % every == 0):
-            return  # no checkpoints kept, or the checkpoint callback (which runs next) saves this step
-        folder = Path(checkpoint.dirpath)
-        name = checkpoint.format_checkpoint_name({"step": torch.tensor(trainer.global_step)})
-        trainer.save_checkpoint(str(folder / Path(name).name))
-        if checkpoint.save_last:
-            trainer.save_checkpoint(str(folder / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"))
+        write_step_checkpoint(trainer, unless_due=True)
+
+
+def write_step_checkpoint(trainer: pl.Trainer, unless_due: bool = False) -> None:
+    """Write this step's checkpoint and ``last.ckpt`` where the checkpoint callback writes them.
+
+    ``unless_due``: not when the checkpoint callback (which runs after the other callbacks) saves
+    this step anyway. Nothing without a checkpoint callback (no checkpoints are kept)."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or checkpoint.dirpath is None:
+        return
+    every = getattr(checkpoint, "_every_n_train_steps", 0)
+    if unless_due and every and trainer.global_step % every == 0:
+        return
+    folder = Path(checkpoint.dirpath)
+    name = checkpoint.format_checkpoint_name({"step": torch.tensor(trainer.global_step)})
+    trainer.save_checkpoint(str(folder / Path(name).name))
+    if checkpoint.save_last:
+        trainer.save_checkpoint(str(folder / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"))

@@ -37,10 +37,11 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def newest_valid_checkpoint(runs: Path) -> Path | None:
-    """The most recently written complete ``*.ckpt`` in ``runs/*/checkpoints/`` (a run's
-    ``last.ckpt`` or its step checkpoints); incomplete files are passed over, with a warning."""
-    candidates = sorted(runs.glob("*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+def newest_valid_checkpoint(runs: Path, pattern: str = "*/checkpoints/*.ckpt") -> Path | None:
+    """The most recently written complete checkpoint matching ``pattern`` under ``runs`` (by
+    default any run's ``checkpoints/``: its ``last.ckpt`` or its step checkpoints); incomplete
+    files are passed over, with a warning."""
+    candidates = sorted(runs.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in candidates:
         if is_complete(candidate):
             return candidate

@@ -293,24 +293,34 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
-    """``ckpt_path=last``: the newest complete checkpoint among this name's runs (a write cut off
-    by a kill is passed over); ``auto``: the same, or a fresh start when there is none (one command
-    for every job of a requeued chain); any other value as given."""
+    """``ckpt_path=last``: the newest complete checkpoint among this name's runs (a job of a sweep:
+    among its own; a write cut off by a kill is passed over); ``auto``: the same, or a fresh start
+    when there is none (one command for every job of a requeued chain); any other value as given."""
     if cfg.ckpt_path in (None, ""):
         return None
     if cfg.ckpt_path not in ("last", "auto"):
         if not Path(cfg.ckpt_path).exists():
             raise FileNotFoundError(f"ckpt_path {cfg.ckpt_path!r} does not exist")
         return cfg.ckpt_path
-    newest = newest_valid_checkpoint(out.parent)
+    # A sweep's jobs share one parent folder and differ in their settings: each resumes its own.
+    root, pattern = (out, "checkpoints/*.ckpt") if _in_a_sweep() else (out.parent, "*/checkpoints/*.ckpt")
+    newest = newest_valid_checkpoint(root, pattern)
     if newest is None and cfg.ckpt_path == "auto":
-        log.info("ckpt_path=auto: no checkpoint under %s/*/checkpoints/, starting afresh", out.parent)
+        log.info("ckpt_path=auto: no checkpoint under %s/%s, starting afresh", root, pattern)
         return None
     if newest is None:
-        raise FileNotFoundError(f"ckpt_path=last: no complete checkpoint under {out.parent}/*/checkpoints/ "
+        raise FileNotFoundError(f"ckpt_path=last: no complete checkpoint under {root}/{pattern} "
                                 "(ckpt_path=auto starts afresh when there is none)")
     log.info("resuming from %s", newest)
     return str(newest)
+
+
+def _in_a_sweep() -> bool:
+    """Whether this is one job of a Hydra multirun (``-m``), whose folder is the sweep's ``<n>/``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
