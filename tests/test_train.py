@@ -199,7 +199,7 @@ def test_unknown_preset_fails_at_composition_with_the_options():
         compose_train(["schedule=maskonly"])
 
 
-@pytest.mark.parametrize("stop", [20, 13])  # at a checkpoint step, and between two
+@pytest.mark.parametrize("stop", [13])  # between two checkpoint steps (at one: the ckpt_path test below)
 def test_resumed_run_repeats_the_uninterrupted_losses(stop, tmp_path):
     base = [*TINY, "trainer.log_every_n_steps=1", "diffusion_training.val_every_n_steps=1000",
             "diffusion_training.checkpoint_every_n_steps=20", "diffusion_training.ema_every=1"]
@@ -287,12 +287,15 @@ def test_stage_diffusion_without_tokenizer_says_what_to_pass(tmp_path):
         train(compose_train([*TINY, "stage=diffusion", f"output_dir={tmp_path}"]))
 
 
-def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path):
+def test_ckpt_path_last_and_auto_resume_the_newest_run_and_reuse_its_tokenizer(tmp_path):
+    """ckpt_path=auto starts afresh where nothing was trained, then resumes like ckpt_path=last:
+    one command for every job of a requeued chain."""
     base = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.checkpoint_every_n_steps=2",
             "diffusion_training.val_every_n_steps=1000"]
-    first = train(compose_train([*base, f"output_dir={tmp_path / 'first'}", "stop_after_steps=2"]))
+    first = train(compose_train([*base, f"output_dir={tmp_path / 'first'}", "ckpt_path=auto", "stop_after_steps=2"]))
+    assert first["diffusion"]["steps"] == 2
     trained = json.loads((tmp_path / "first" / "tokenizer" / "metrics.json").read_text())
-    metrics = train(compose_train([*base, f"output_dir={tmp_path / 'second'}", "ckpt_path=last",
+    metrics = train(compose_train([*base, f"output_dir={tmp_path / 'second'}", "ckpt_path=auto",
                                    "stop_after_steps=3"]))
     assert metrics["tokenizer"] == first["tokenizer"] == trained  # reused from the first run, not retrained
     assert metrics["diffusion"]["steps"] == 5  # three more than the step it resumed at, between checkpoints
@@ -305,18 +308,6 @@ def test_ckpt_path_last_resumes_the_newest_run_and_reuses_its_tokenizer(tmp_path
     assert metrics["tokenizer"] == trained and metrics["diffusion"]["steps"] == 6
     with pytest.raises(FileNotFoundError, match="ckpt_path=last: no complete checkpoint under"):
         train(compose_train([*base, f"output_dir={tmp_path / 'elsewhere' / 'run'}", "ckpt_path=last"]))
-
-
-def test_ckpt_path_auto_chains_one_command_from_a_fresh_start_to_the_end(tmp_path):
-    """A requeued job repeats one command: the first starts afresh, each later one resumes."""
-    job = [*TINY, "diffusion_training.max_steps=5", "diffusion_training.checkpoint_every_n_steps=4",
-           "diffusion_training.val_every_n_steps=1000", "ckpt_path=auto", "stop_after_steps=2"]
-    steps = [train(compose_train([*job, f"output_dir={tmp_path / f'job{i}'}"]))["diffusion"]["steps"]
-             for i in range(3)]
-    assert steps == [2, 4, 5]
-    trained = json.loads((tmp_path / "job0" / "tokenizer" / "metrics.json").read_text())
-    assert all(json.loads((tmp_path / f"job{i}" / "tokenizer" / "metrics.json").read_text()) == trained
-               for i in (1, 2))  # the later jobs adopt the first job's tokenizer
 
 
 def test_a_checkpoint_cut_off_mid_write_is_passed_over_on_resume(tmp_path, caplog):
