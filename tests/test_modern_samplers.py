@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from denoisers import fixed_denoiser
 
 from vqdiffusion.diffusion.process import gumbel_argmax, q_sample
 from vqdiffusion.diffusion.samplers import AncestralSampler, EditSpec, FirstHittingSampler, ReMDMSampler, make_sampler
@@ -14,15 +15,6 @@ from vqdiffusion.tiny import tiny_pipeline
 
 K, N = 12, 64
 MASK_ONLY = NoiseSchedule(K, ScheduleConfig.preset("mask_only"))
-
-
-def fixed_denoiser(logits: torch.Tensor, seen: list | None = None):
-    """log p(x0 | x_t) that ignores x_t: (K, N) logits for every sample; records the times asked."""
-    def log_p_x0(x_t, t):
-        if seen is not None:
-            seen.append(t.clone())
-        return logits.log_softmax(0).expand(x_t.shape[0], -1, -1)
-    return log_p_x0
 
 
 def chain(sampler, denoiser, steps, batch=2, schedule=MASK_ONLY, **kwargs):

@@ -35,39 +35,20 @@ def heldout(name: str, share: float) -> bool:
     return int(hashlib.sha1(base.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
-class EmojiOne(RobustDataset):
-    """EmojiOne emoji with their names as captions; transparent pixels composite onto black.
+def _check_split(dataset: str, split: str, heldout_share: float) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"{dataset} split must be one of {SPLITS}, got {split!r}")
+    if not 0 < heldout_share < 1:
+        raise ValueError(f"heldout_share must be in (0, 1), got {heldout_share}")
 
-    Args:
-        root: the gem's folder (``config/index.json`` + ``assets/png/<unicode>.png``).
-        split: ``train`` or ``heldout`` (``heldout_share`` of the emoji, by base name).
-        size: output side in pixels (the files are 64×64).
-        keywords: on half of the visits, append up to three of the emoji's keywords to its name.
-    """
 
-    LAYOUT = "root/\n  config/index.json\n  assets/png/<unicode>.png   (64x64)"
-    PREPARE = f"sudo apt-get install ruby-gemojione   (Debian/Ubuntu; files go to {EMOJIONE_ROOT})"
+class _EmojiImages(RobustDataset):
+    """``items``: (PNG path, caption, keywords) per image; ``keywords=True`` appends up to three of
+    an image's keywords to its caption on half of the visits."""
 
-    def __init__(self, root: str = EMOJIONE_ROOT, split: str = "train", size: int = 64, heldout_share: float = 0.1,
-                 keywords: bool = False) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"EmojiOne split must be one of {SPLITS}, got {split!r}")
-        if not 0 < heldout_share < 1:
-            raise ValueError(f"heldout_share must be in (0, 1), got {heldout_share}")
-        folder = Path(root)
-        index = folder / "config" / "index.json"
-        if not index.exists():
-            raise DatasetNotFoundError("emojione", folder, self.LAYOUT, self.PREPARE)
-        entries = json.loads(index.read_text(encoding="utf-8"))
-        self.transform, self.keywords = ImageTransform(size), keywords
-        self.items = []
-        for key in sorted(entries):
-            entry = entries[key]
-            path = folder / "assets" / "png" / f"{entry['unicode']}.png"
-            if path.exists() and heldout(entry["name"], heldout_share) == (split == "heldout"):
-                self.items.append((path, entry["name"].lower(), [k for k in entry.get("keywords", []) if k]))
-        if not self.items:
-            raise DatasetNotFoundError("emojione", folder, self.LAYOUT, self.PREPARE)
+    items: list[tuple[Path, str, list[str]]]
+    transform: ImageTransform
+    keywords = False
 
     def __len__(self) -> int:
         return len(self.items)
@@ -90,7 +71,39 @@ class EmojiOne(RobustDataset):
         return sorted(captions)
 
 
-class Twemoji(RobustDataset):
+class EmojiOne(_EmojiImages):
+    """EmojiOne emoji with their names as captions; transparent pixels composite onto black.
+
+    Args:
+        root: the gem's folder (``config/index.json`` + ``assets/png/<unicode>.png``).
+        split: ``train`` or ``heldout`` (``heldout_share`` of the emoji, by base name).
+        size: output side in pixels (the files are 64×64).
+        keywords: on half of the visits, append up to three of the emoji's keywords to its name.
+    """
+
+    LAYOUT = "root/\n  config/index.json\n  assets/png/<unicode>.png   (64x64)"
+    PREPARE = f"sudo apt-get install ruby-gemojione   (Debian/Ubuntu; files go to {EMOJIONE_ROOT})"
+
+    def __init__(self, root: str = EMOJIONE_ROOT, split: str = "train", size: int = 64, heldout_share: float = 0.1,
+                 keywords: bool = False) -> None:
+        _check_split("EmojiOne", split, heldout_share)
+        folder = Path(root)
+        index = folder / "config" / "index.json"
+        if not index.exists():
+            raise DatasetNotFoundError("emojione", folder, self.LAYOUT, self.PREPARE)
+        entries = json.loads(index.read_text(encoding="utf-8"))
+        self.transform, self.keywords = ImageTransform(size), keywords
+        self.items = []
+        for key in sorted(entries):
+            entry = entries[key]
+            path = folder / "assets" / "png" / f"{entry['unicode']}.png"
+            if path.exists() and heldout(entry["name"], heldout_share) == (split == "heldout"):
+                self.items.append((path, entry["name"].lower(), [k for k in entry.get("keywords", []) if k]))
+        if not self.items:
+            raise DatasetNotFoundError("emojione", folder, self.LAYOUT, self.PREPARE)
+
+
+class Twemoji(_EmojiImages):
     """Twemoji at 64×64 from the npm package ``emoji-datasource-twitter``, captioned like EmojiOne:
     the lower-case Unicode name, with " tone N" (N = 1..5, or "1-3" for two people) for skin tones.
 
@@ -106,10 +119,7 @@ class Twemoji(RobustDataset):
 
     def __init__(self, root: str = TWEMOJI_ROOT, split: str = "train", size: int = 64, heldout_share: float = 0.1,
                  skin_tones: bool = True) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"Twemoji split must be one of {SPLITS}, got {split!r}")
-        if not 0 < heldout_share < 1:
-            raise ValueError(f"heldout_share must be in (0, 1), got {heldout_share}")
+        _check_split("Twemoji", split, heldout_share)
         folder = Path(root)
         index = folder / "emoji.json"
         if not index.exists():
@@ -126,23 +136,10 @@ class Twemoji(RobustDataset):
                 for key, variant in (entry.get("skin_variations") or {}).items():
                     tones = "-".join(_TONES.get(part, "?") for part in key.split("-"))
                     variants.append((variant.get("image"), f"{name} tone {tones}", variant.get("has_img_twitter")))
-            self.items += [(images / image, caption) for image, caption, has in variants
+            self.items += [(images / image, caption, []) for image, caption, has in variants
                            if image and has and (images / image).exists()]
         if not self.items:
             raise DatasetNotFoundError("twemoji", folder, self.LAYOUT, self.PREPARE)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def describe(self, index: int) -> str:
-        return str(self.items[index][0])
-
-    def load(self, index: int) -> dict:
-        path, caption = self.items[index]
-        return {"image": self.transform(open_rgb(path)), "caption": caption, "label": -1}
-
-    def all_captions(self) -> list[str]:
-        return sorted({caption for _, caption in self.items})
 
 
 class Emoji(RobustDataset):
