@@ -181,3 +181,32 @@ def test_class_jobs_grid_a_row_per_class_and_a_grid_file_per_class(tmp_path):
         x = 2 + column * tile
         assert np.array_equal(grid[2 + tile:2 + tile + size, x:x + size], image)
         assert np.array_equal(per_class[2:2 + size, x:x + size], image)
+
+
+def test_text_jobs_write_a_labelled_row_per_prompt(checkpoint, tmp_path):
+    import numpy as np
+
+    out = sample(compose_sample([f"checkpoint={checkpoint}", "prompt=[a red circle,a blue square]", "n=3",
+                                 "sampler.num_inference_steps=2", f"output_dir={tmp_path}"]))
+    grid = np.asarray(Image.open(out / "prompt_grid.png").convert("RGB"))
+    size = Image.open(out / "000000.png").size[0]
+    assert grid.shape[0] == 2 * (size + 2) + 2  # two prompts, one row each
+    label_width = grid.shape[1] - 3 * (size + 2) - 2
+    assert label_width > 40 and grid[:, :label_width].max() > 200  # the prompts, written in white
+    # the second row holds images 3, 4, 5 (the second prompt's), in order
+    for column, index in enumerate((3, 4, 5)):
+        image = np.asarray(Image.open(out / f"{index:06d}.png").convert("RGB"))
+        top, left = 2 + size + 2, label_width + column * (size + 2)
+        assert np.array_equal(grid[top:top + size, left:left + size], image)
+
+
+def test_fresh_also_clears_the_grids_of_the_old_images(tmp_path, monkeypatch):
+    folder = tmp_path / "pipe"
+    tiny_pipeline("class").save_pretrained(folder)
+    args = [f"checkpoint={folder}", "n=2", "sampler.num_inference_steps=2", f"output_dir={tmp_path / 'out'}"]
+    out = sample(compose_sample([*args, "class_labels=[0,1]"]))
+    assert (out / "class_grids" / "class_0001.png").exists()
+    interrupt_after_one_image(monkeypatch)  # the new job is cut off after its first image
+    with pytest.raises(KeyboardInterrupt):
+        sample(compose_sample([*args, "class_labels=[2]", "fresh=true"]))
+    assert not (out / "class_grids").exists() and not (out / "grid.png").exists()

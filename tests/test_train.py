@@ -199,27 +199,27 @@ def test_unknown_preset_fails_at_composition_with_the_options():
         compose_train(["schedule=maskonly"])
 
 
-@pytest.mark.parametrize("stop", [13])  # between two checkpoint steps (at one: the ckpt_path test below)
+@pytest.mark.parametrize("stop", [7])  # between two checkpoint steps (at one: the ckpt_path test below)
 def test_resumed_run_repeats_the_uninterrupted_losses(stop, tmp_path):
     base = [*TINY, "trainer.log_every_n_steps=1", "diffusion_training.val_every_n_steps=1000",
-            "diffusion_training.checkpoint_every_n_steps=20", "diffusion_training.ema_every=1"]
+            "diffusion_training.checkpoint_every_n_steps=12", "diffusion_training.ema_every=1"]
     tokenizer_run = tmp_path / "tok"
     train(compose_train([*base, "stage=tokenizer", f"output_dir={tokenizer_run}"]))
     diffusion = [*base, "stage=diffusion", f"tokenizer_checkpoint={tokenizer_run}"]
 
     full = tmp_path / "full"
-    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={full}"]))
+    train(compose_train([*diffusion, "diffusion_training.max_steps=24", f"output_dir={full}"]))
     first = tmp_path / "first"
-    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={first}",
+    train(compose_train([*diffusion, "diffusion_training.max_steps=24", f"output_dir={first}",
                          f"stop_after_steps={stop}"]))
     checkpoint = first / "checkpoints" / f"step_{stop:07d}.ckpt"
     assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == stop
     resumed = tmp_path / "resumed"
-    train(compose_train([*diffusion, "diffusion_training.max_steps=40", f"output_dir={resumed}",
+    train(compose_train([*diffusion, "diffusion_training.max_steps=24", f"output_dir={resumed}",
                          f"ckpt_path={checkpoint}"]))  # the name needs no quoting
 
     expected, got = read_losses(full), read_losses(resumed)
-    steps = list(range(stop, 40))
+    steps = list(range(stop, 24))
     assert all(step in expected and step in got for step in steps), (sorted(expected), sorted(got))
     assert [got[s] for s in steps] == [expected[s] for s in steps]
     assert torch.load(checkpoint, weights_only=True)["global_step"] == stop

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,8 @@ __all__ = ["FINGERPRINT", "SampleFolderError", "checkpoint_identity", "claim_fol
 
 FINGERPRINT = "fingerprint.json"
 LOCK = ".sample.lock"
-RECORDS = ("samples.jsonl", "grid.png", "metrics.json", FINGERPRINT)
+RECORDS = ("samples.jsonl", "grid.png", "prompt_grid.png", "metrics.json", FINGERPRINT)
+RECORD_FOLDERS = ("class_grids",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")
 
 
@@ -72,6 +74,8 @@ def claim_folder(folder: Path, expected: dict, fresh: bool = False) -> int:
             cleared += 1
         for name in RECORDS:
             (folder / name).unlink(missing_ok=True)
+        for name in RECORD_FOLDERS:  # grids of the old images must not outlive them
+            shutil.rmtree(folder / name, ignore_errors=True)
     elif path.exists():
         recorded = json.loads(path.read_text())
         differing = sorted(key for key in set(recorded) | set(expected) if recorded.get(key) != expected.get(key))

@@ -2,7 +2,8 @@
 
 Output folder: ``000000.png ...`` (image i of the job), ``samples.jsonl`` (one line per image:
 index, prompt or class, seed, settings), ``grid.png`` (a row per class for class-conditional
-jobs, with ``class_grids/`` holding a grid per class) and the resolved ``config.yaml``. Image i
+jobs, with ``class_grids/`` holding a grid per class; ``prompt_grid.png`` for text jobs: a row per
+prompt, labelled) and the resolved ``config.yaml``. Image i
 is drawn with its own generator seeded by (seed, i), so re-running skips the images already
 written and the final set never depends on the batch size or on interruptions.
 """
@@ -27,7 +28,7 @@ from ..diffusion.samplers import Sampler
 from ..pipeline import VQDiffusionPipeline
 from ..speed import SpeedSettings
 from ..utils.atomic import atomic_write_bytes
-from ..utils.images import indexed_png, make_grid, save_png
+from ..utils.images import indexed_png, labelled_rows, make_grid, save_png
 from .sample_folder import SampleFolderError, checkpoint_identity, claim_folder, fingerprint, folder_lock
 
 __all__ = ["sample", "load_pipeline", "job_items"]
@@ -245,14 +246,22 @@ MAX_CLASS_GRIDS = 100
 
 def _write_grids(out: Path, items: list[dict], per_condition: int) -> None:
     """``grid.png``: the first 64 images, or for class-conditional jobs up to 8 images of each of
-    the first 8 classes, a row per class; and ``class_grids/class_<id>.png`` (64 images each)."""
+    the first 8 classes, a row per class, and ``class_grids/class_<id>.png`` (64 images each); for
+    text jobs also ``prompt_grid.png``: up to 8 images of each of the first 16 prompts, a row per
+    prompt with the prompt written beside it."""
     def open_all(chosen: list[dict]) -> list[Image.Image]:
         return [Image.open(indexed_png(out, item["index"])) for item in chosen]
 
     classes: dict[int, list[dict]] = {}
+    prompts: dict[str, list[dict]] = {}
     for item in items:
         if "class_label" in item:
             classes.setdefault(item["class_label"], []).append(item)
+        if "prompt" in item:
+            prompts.setdefault(item["prompt"], []).append(item)
+    if prompts:
+        rows = [(prompt, open_all(members[:8])) for prompt, members in list(prompts.items())[:16]]
+        save_png(labelled_rows(rows), out / "prompt_grid.png")
     if not classes:
         save_png(make_grid(open_all(items[:64]), columns=min(8, max(1, per_condition))), out / "grid.png")
         return

@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["indexed_png", "make_grid", "save_png", "signed_to_pil", "to_pil"]
+__all__ = ["indexed_png", "labelled_rows", "make_grid", "save_png", "signed_to_pil", "to_pil"]
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -41,6 +41,27 @@ def make_grid(images: list[Image.Image], columns: int | None = None, padding: in
             image = image.resize((w, h), Image.NEAREST)
         r, c = divmod(i, columns)
         grid.paste(image, (padding + c * (w + padding), padding + r * (h + padding)))
+    return grid
+
+
+def labelled_rows(rows: list[tuple[str, list[Image.Image]]], padding: int = 2, max_chars: int = 48) -> Image.Image:
+    """One row of equally sized images per label, the label written to the left of its row
+    (cut to ``max_chars``): e.g. each prompt of a text-to-image job beside its samples."""
+    if not rows or not any(images for _, images in rows):
+        raise ValueError("labelled_rows needs at least one row with an image")
+    font = ImageFont.load_default()
+    labels = [label if len(label) <= max_chars else label[: max_chars - 1] + "…" for label, _ in rows]
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(int(draw.textlength(label, font=font)) for label in labels) + 2 * padding
+    w, h = next(images for _, images in rows if images)[0].size
+    columns = max(len(images) for _, images in rows)
+    grid = Image.new("RGB", (text_width + columns * (w + padding) + padding, len(rows) * (h + padding) + padding))
+    draw = ImageDraw.Draw(grid)
+    for r, (label, (_, images)) in enumerate(zip(labels, rows)):
+        top = padding + r * (h + padding)
+        draw.text((padding, top + h // 2), label, fill=(255, 255, 255), font=font, anchor="lm")
+        for c, image in enumerate(images):
+            grid.paste(image, (text_width + c * (w + padding), top))
     return grid
 
 
