@@ -1,7 +1,7 @@
 """FID floors of a dataset at the evaluation protocol: numbers no model trained here can beat.
 
     python bench/fid_floors.py data=fashion_mnist [--tokenizers RUN/tokenizer ...] [--count 10000] \
-        [--backend fid-helper] [data.train.root=...]
+        [--backend fid-helper] [--no-train] [data.train.root=...]
 
 Positional arguments are ``train.py`` overrides that pick the data (its size is the protocol's
 resolution). Against the first ``--count`` images of the validation split (for Fashion-MNIST the
@@ -59,12 +59,15 @@ def main() -> None:
     parser.add_argument("--tokenizers", nargs="*", default=[], help="tokenizer folders, run folders or hub ids")
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--backend", default="fid-helper", help="fid-helper, torch-fidelity or a TorchScript path")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only the tokenizers' rows (the training split need not be on disk)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=["output_dir=.", *args.overrides])
-    train_set, val_set = instantiate(cfg.data.train), instantiate(cfg.data.val)
-    count = min(args.count, len(val_set), len(train_set))
+    val_set = instantiate(cfg.data.val)
+    train_set = None if args.no_train else instantiate(cfg.data.train)
+    count = min(args.count, len(val_set), *([] if train_set is None else [len(train_set)]))
     size = tuple(val_set[0]["image"].shape[-2:])
     extractor = load_feature_extractor(args.backend)
     results = Results("fid_floors")
@@ -73,11 +76,12 @@ def main() -> None:
 
     start = time.perf_counter()
     reference = feature_statistics(extractor, dataset_batches(val_set, count), device, progress=False)
-    train = feature_statistics(extractor, dataset_batches(train_set, count), device, progress=False)
-    row = {**stamp, "set": "train", "tokenizer": "", "fid": fid_of_statistics(reference, train),
-           "seconds": time.perf_counter() - start}
-    results.append(row)
-    print(row)
+    if train_set is not None:
+        train = feature_statistics(extractor, dataset_batches(train_set, count), device, progress=False)
+        row = {**stamp, "set": "train", "tokenizer": "", "fid": fid_of_statistics(reference, train),
+               "seconds": time.perf_counter() - start}
+        results.append(row)
+        print(row)
     for path in args.tokenizers:
         start = time.perf_counter()
         vqvae = load_tokenizer(path).to(device)
