@@ -58,6 +58,12 @@ class LossConfig:
             raise ValueError(f"auxiliary_weight must be >= 0, got {self.auxiliary_weight}")
 
 
+def auxiliary_factor(t: torch.Tensor, schedule: NoiseSchedule, adaptive: bool) -> torch.Tensor | float:
+    """The auxiliary term's scale at paper times ``t`` (B,): ``2 - (t - 1)/T`` (the authors' ``(1 - t/T)
+    + 1`` with their 0-based t), or 1 when not ``adaptive``."""
+    return 2 - (t - 1) / schedule.num_timesteps if adaptive else 1.0
+
+
 def per_sample_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                      schedule: NoiseSchedule, masked_weight: float, unmasked_weight: float,
                      auxiliary_weight: float, adaptive_auxiliary: bool, terms_of_tokens=token_terms):
@@ -84,8 +90,7 @@ def per_sample_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, 
     if auxiliary_weight > 0:
         kl_aux = (terms.x0_nll * weight).sum(1)  # KL(onehot(x0) || p(x0 | x_t))
         aux = torch.where(is_first, decoder_nll, kl_aux)
-        factor = 2 - (t - 1) / schedule.num_timesteps if adaptive_auxiliary else torch.ones_like(bound)
-        aux = auxiliary_weight * factor * aux
+        aux = auxiliary_weight * auxiliary_factor(t, schedule, adaptive_auxiliary) * aux
     return bound, kl, decoder_nll, aux
 
 
@@ -109,8 +114,7 @@ def masked_ce_terms(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t
     bound = weight * (nll * masked).sum(1)
     aux = torch.zeros_like(bound)
     if auxiliary_weight > 0:
-        factor = 2 - (t - 1) / schedule.num_timesteps if adaptive_auxiliary else torch.ones_like(bound)
-        aux = auxiliary_weight * factor * nll.sum(1)
+        aux = auxiliary_weight * auxiliary_factor(t, schedule, adaptive_auxiliary) * nll.sum(1)
     return bound, bound, bound, aux
 
 
@@ -133,11 +137,7 @@ class DiffusionLoss(nn.Module):
         self.schedule = schedule
         self.config = config or LossConfig()
         if self.config.objective == "masked_ce":
-            replace = schedule.max_replace_share()
-            if replace > 1e-5:
-                raise ValueError(f"loss objective 'masked_ce' needs a mask-only schedule (schedule=mask_only), "
-                                 f"but this one turns up to {replace:.1%} of the tokens into random codes; use "
-                                 "objective 'vlb'")
+            schedule.require_mask_only("loss objective 'masked_ce'", "objective 'vlb'")
         steps = schedule.num_timesteps
         self.register_buffer("loss_sq_history", torch.zeros(steps))
         self.register_buffer("loss_count", torch.zeros(steps))

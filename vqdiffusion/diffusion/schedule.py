@@ -72,6 +72,9 @@ SCHEDULE_PRESETS: dict[str, dict[str, float]] = {
 
 # Replace shares below this are float64 rounding of "exactly zero" (e.g. 1 - 0.99 - 0.01).
 _ZERO_TOLERANCE = 1e-12
+# Replace noise up to this share counts as none for mask-only samplers and losses (the released
+# schedule's 1e-6: in effect absorbing diffusion).
+MASK_ONLY_TOLERANCE = 1e-5
 
 
 def model_timestep(t: int | torch.Tensor) -> int | torch.Tensor:
@@ -149,6 +152,14 @@ class NoiseSchedule(nn.Module):
         0 for ``mask_only``, 1e-6 for ``released``, 0.1 at T for ``paper``."""
         t = torch.arange(1, self.num_timesteps + 1, device=self.log_beta.device)
         return float((self.log_beta[t, torch.zeros_like(t)].exp() * self.num_codes).max())
+
+    def require_mask_only(self, user: str, instead: str) -> None:
+        """Refuse this schedule for ``user`` (a sampler or loss that treats a revealed token as
+        final) when its replace noise is real: more than the released schedule's 1e-6."""
+        share = self.max_replace_share()
+        if share > MASK_ONLY_TOLERANCE:
+            raise ValueError(f"{user} needs a mask-only schedule (schedule=mask_only, or the released one), but "
+                             f"this one turns up to {share:.1%} of the tokens into random codes; use {instead}")
 
     def respaced_timesteps(self, num_inference_steps: int, start: int | None = None) -> list[int]:
         """Decreasing paper times for a sampler that makes ``num_inference_steps`` network calls.

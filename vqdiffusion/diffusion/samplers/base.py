@@ -13,10 +13,8 @@ from ..loss import LogPX0Fn
 from ..process import LOG_PROB_FLOOR, Generators, q_sample, random_codes
 from ..schedule import NoiseSchedule, model_timestep
 
-__all__ = ["Sampler", "EditSpec", "StepCallback", "require_mask_only", "sample_prior", "truncated_log_p"]
-
-# Replace noise below this share is ignored by the mask-only samplers (the released schedule's 1e-6).
-MASK_ONLY_TOLERANCE = 1e-5
+__all__ = ["Sampler", "EditSpec", "StepCallback", "nearest_times", "require_mask_only", "reveal_highest",
+           "sample_prior", "truncated_log_p"]
 
 # callback(step index, model timestep just left (paper t - 1), tokens (B, N) after the step)
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -51,11 +49,19 @@ def sample_prior(
 
 def require_mask_only(schedule: NoiseSchedule, sampler: str) -> None:
     """Refuse a schedule with real replace noise: ``sampler`` only ever reveals masked tokens."""
-    share = schedule.max_replace_share()
-    if share > MASK_ONLY_TOLERANCE:
-        raise ValueError(f"the {sampler!r} sampler needs a mask-only schedule (schedule=mask_only, or the "
-                         f"released one), but this one turns up to {share:.1%} of the tokens into random codes; "
-                         "use 'ancestral' or 'purity'")
+    schedule.require_mask_only(f"the {sampler!r} sampler", "'ancestral' or 'purity'")
+
+
+def reveal_highest(score: torch.Tensor, masked: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool: in each row the ``count`` (B,) masked positions of highest ``score`` (B, N)."""
+    place = score.masked_fill(~masked, float("-inf")).argsort(dim=1, descending=True).argsort(dim=1)
+    return masked & (place < count[:, None])
+
+
+def nearest_times(shares: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """(B,) the paper times whose mask share (``shares``: (T,) gbar at t = 1..T) is closest to
+    ``share`` (B,): where a chain that does not walk the time grid asks the network."""
+    return (shares[None, :].to(share.dtype) - share[:, None]).abs().argmin(1) + 1
 
 
 def truncated_log_p(log_p: torch.Tensor, truncation_rate: float, kernel: bool = False) -> torch.Tensor:
@@ -113,6 +119,15 @@ class Sampler:
             if callback is not None and i % callback_steps == 0:
                 callback(i, model_timestep(t), x_t)
         return x_t
+
+    def start_from_mask(self, x_t: torch.Tensor, schedule: NoiseSchedule, edit: EditSpec | None) -> torch.Tensor:
+        """The all-[MASK] start of a sampler that reveals tokens, with ``edit.keep_mask``'s positions
+        held at ``edit.tokens``; such a sampler has no midway start (``edit.start_step``)."""
+        if edit is not None and edit.start_step is not None:
+            raise ValueError(f"the {self.name!r} sampler starts from [MASK]: use keep_mask to inpaint, or "
+                             "'ancestral' for edit_start_step")
+        mask = torch.full_like(x_t, schedule.mask_index)
+        return mask if edit is None or edit.keep_mask is None else torch.where(edit.keep_mask, edit.tokens, mask)
 
     def first_time(self, schedule: NoiseSchedule, num_inference_steps: int | None, edit: EditSpec | None) -> int:
         """The paper time of the chain's first network call, the highest it makes: T, or the

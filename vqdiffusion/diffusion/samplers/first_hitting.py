@@ -21,7 +21,7 @@ import torch
 from ..guidance import check_truncation_rate
 from ..process import gumbel_argmax, uniform
 from ..schedule import NoiseSchedule, model_timestep
-from .base import EditSpec, Sampler, StepCallback, require_mask_only, truncated_log_p
+from .base import EditSpec, Sampler, StepCallback, nearest_times, require_mask_only, reveal_highest, truncated_log_p
 
 __all__ = ["FirstHittingSampler", "even_masked_counts", "next_reveal_times"]
 
@@ -72,12 +72,8 @@ class FirstHittingSampler(Sampler):
                  callback_steps: int = 1, edit: EditSpec | None = None) -> torch.Tensor:
         truncation_rate = check_truncation_rate(truncation_rate)
         require_mask_only(schedule, self.name)
-        if edit is not None and edit.start_step is not None:
-            raise ValueError("the 'first_hitting' sampler starts from [MASK]: use keep_mask to inpaint, or "
-                             "'ancestral' for edit_start_step")
+        x = self.start_from_mask(x_t, schedule, edit)
         mask = schedule.mask_index
-        keep = None if edit is None or edit.keep_mask is None else edit.keep_mask
-        x = torch.where(keep, edit.tokens, mask) if keep is not None else torch.full_like(x_t, mask)
         start = (x == mask).sum(1)  # (B,)
         most = int(start.max())
         if num_inference_steps is not None and num_inference_steps < 1:
@@ -91,13 +87,11 @@ class FirstHittingSampler(Sampler):
             reveals = (count - target).clamp_min(0)  # (B,)
             u = uniform(x.shape, x.device, generator, torch.float64)
             first, last = next_reveal_times(share, count, reveals, u)
-            t = (shares[None, :].double() - first[:, None]).abs().argmin(1) + 1  # (B,) paper times
+            t = nearest_times(shares, first)  # (B,) paper times
             log_p = truncated_log_p(log_p_x0(x, t), truncation_rate)  # (B, K, N), guided
             draw = gumbel_argmax(log_p, generator, dtype=self.draw_dtype)  # (B, N)
             # which tokens: a uniformly random choice among the masked ones
-            score = uniform(x.shape, x.device, generator).masked_fill(~masked, -1.0)
-            place = score.argsort(dim=1, descending=True).argsort(dim=1)  # (B, N)
-            x = torch.where(masked & (place < reveals[:, None]), draw, x)
+            x = torch.where(reveal_highest(uniform(x.shape, x.device, generator), masked, reveals), draw, x)
             share = torch.where(reveals > 0, last, share)
             if callback is not None and i % callback_steps == 0:
                 callback(i, int(model_timestep(t.max())), x)

@@ -20,7 +20,7 @@ import torch
 from ..guidance import check_truncation_rate
 from ..process import gumbel_argmax, gumbel_noise
 from ..schedule import NoiseSchedule, model_timestep
-from .base import EditSpec, Sampler, StepCallback, truncated_log_p
+from .base import EditSpec, Sampler, StepCallback, nearest_times, reveal_highest, truncated_log_p
 
 __all__ = ["MaskGITSampler", "cosine_masked_counts", "halton_order"]
 
@@ -88,20 +88,15 @@ class MaskGITSampler(Sampler):
                  truncation_rate: float = 1.0, generator=None, callback: StepCallback | None = None,
                  callback_steps: int = 1, edit: EditSpec | None = None) -> torch.Tensor:
         truncation_rate = check_truncation_rate(truncation_rate)
-        if edit is not None and edit.start_step is not None:
-            raise ValueError("the 'maskgit' sampler starts from [MASK]: use keep_mask to inpaint, or 'ancestral' "
-                             "for edit_start_step")
+        x = self.start_from_mask(x_t, schedule, edit)
         steps = schedule.num_timesteps if num_inference_steps is None else num_inference_steps
         mask = schedule.mask_index
-        keep = None if edit is None or edit.keep_mask is None else edit.keep_mask
-        x = torch.where(keep, edit.tokens, mask) if keep is not None else torch.full_like(x_t, mask)
         shares = schedule.mask_probability(torch.arange(1, schedule.num_timesteps + 1, device=x.device))  # (T,)
         ranks = self._halton_ranks(x.shape[1], x.device) if self.order == "halton" else None
         targets = cosine_masked_counts((x == mask).sum(1).float(), steps)
         for i, target in enumerate(targets):
             masked = x == mask  # (B, N)
-            share = masked.float().mean(1)  # (B,)
-            t = (shares[None, :] - share[:, None]).abs().argmin(1) + 1  # (B,) paper times
+            t = nearest_times(shares, masked.float().mean(1))  # (B,) paper times
             log_p = truncated_log_p(log_p_x0(x, t), truncation_rate)  # (B, K, N), guided
             draw = gumbel_argmax(log_p, generator, dtype=self.draw_dtype)  # (B, N)
             if ranks is not None:
@@ -111,10 +106,7 @@ class MaskGITSampler(Sampler):
                 heat = self.temperature * (1 - (i + 1) / steps)
                 if heat > 0:
                     score = score + heat * gumbel_noise(score, generator, self.draw_dtype)
-            score = score.masked_fill(~masked, float("-inf"))
-            place = score.argsort(dim=1, descending=True).argsort(dim=1)  # (B, N) 0 = most confident
-            reveal = masked & (place < (masked.sum(1) - target)[:, None])
-            x = torch.where(reveal, draw, x)
+            x = torch.where(reveal_highest(score, masked, masked.sum(1) - target), draw, x)
             if callback is not None and i % callback_steps == 0:
                 callback(i, int(model_timestep(t.max())), x)
         return x

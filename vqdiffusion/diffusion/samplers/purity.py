@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..process import gumbel_argmax, gumbel_noise
-from .base import Sampler
+from .base import Sampler, reveal_highest
 
 __all__ = ["PuritySampler"]
 
@@ -39,8 +39,6 @@ class PuritySampler(Sampler):
         purity = log_p.max(dim=1).values  # (B, N) log max-probability
         if self.purity_weight != float("inf"):
             purity = purity + gumbel_noise(purity, generator) / self.purity_weight
-        score = purity.masked_fill(~masked, float("-inf"))
-        rank = score.argsort(dim=1, descending=True).argsort(dim=1)  # (B, N) rank of each position
-        reveal = masked & (rank < n_reveal)
+        reveal = reveal_highest(purity, masked, n_reveal.squeeze(1))
         x0 = gumbel_argmax(log_p, generator, dtype=self.draw_dtype)
         return torch.where(reveal, x0, x_t)
