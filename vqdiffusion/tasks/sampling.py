@@ -28,7 +28,7 @@ from ..diffusion.samplers import Sampler
 from ..pipeline import VQDiffusionPipeline
 from ..speed import SpeedSettings
 from ..utils.atomic import atomic_write_bytes
-from ..utils.images import indexed_png, labelled_rows, make_grid, save_png
+from ..utils.images import indexed_png, labelled_rows, make_grid, pad_row, save_png
 from .sample_folder import SampleFolderError, checkpoint_identity, claim_folder, fingerprint, folder_lock
 
 __all__ = ["sample", "load_pipeline", "job_items"]
@@ -267,18 +267,12 @@ def _write_grids(out: Path, items: list[dict], per_condition: int) -> None:
         return
     columns = min(8, max(len(members) for members in classes.values()))
     rows = [members[:columns] for members in list(classes.values())[:8]]
-    tiles = [image for row in rows for image in _padded(open_all(row), columns)]
+    tiles = [image for row in rows for image in pad_row(open_all(row), columns)]
     save_png(make_grid(tiles, columns=columns), out / "grid.png")
     if len(classes) <= MAX_CLASS_GRIDS:
         (out / "class_grids").mkdir(exist_ok=True)
         for label, members in classes.items():
             save_png(make_grid(open_all(members[:64]), columns=8), out / "class_grids" / f"class_{label:04d}.png")
-
-
-def _padded(images: list[Image.Image], length: int) -> list[Image.Image]:
-    """A grid row of ``length`` tiles: black tiles after a class with fewer images."""
-    blank = Image.new(images[0].mode, images[0].size)
-    return images + [blank] * (length - len(images))
 
 
 def sampler_options(algorithm: DictConfig) -> str:

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write_bytes
 
-__all__ = ["indexed_png", "labelled_rows", "make_grid", "save_png", "signed_to_pil", "to_pil"]
+__all__ = ["indexed_png", "labelled_rows", "make_grid", "pad_row", "save_png", "signed_to_pil", "to_pil"]
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -44,6 +44,12 @@ def make_grid(images: list[Image.Image], columns: int | None = None, padding: in
     return grid
 
 
+def pad_row(images: list[Image.Image], length: int, like: Image.Image | None = None) -> list[Image.Image]:
+    """A grid row of ``length`` tiles: ``images``, then black tiles of their size (or ``like``'s)."""
+    like = images[0] if images else like
+    return images + [Image.new(like.mode, like.size)] * (length - len(images))
+
+
 def labelled_rows(rows: list[tuple[str, list[Image.Image]]], padding: int = 2, max_chars: int = 48) -> Image.Image:
     """One row of equally sized images per label, the label written to the left of its row
     (cut to ``max_chars``): e.g. each prompt of a text-to-image job beside its samples."""
@@ -53,15 +59,16 @@ def labelled_rows(rows: list[tuple[str, list[Image.Image]]], padding: int = 2, m
     labels = [label if len(label) <= max_chars else label[: max_chars - 1] + "…" for label, _ in rows]
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_width = max(int(draw.textlength(label, font=font)) for label in labels) + 2 * padding
-    w, h = next(images for _, images in rows if images)[0].size
     columns = max(len(images) for _, images in rows)
-    grid = Image.new("RGB", (text_width + columns * (w + padding) + padding, len(rows) * (h + padding) + padding))
+    like = next(images for _, images in rows if images)[0]
+    tiles = make_grid([tile for _, images in rows for tile in pad_row(images, columns, like)], columns, padding)
+    grid = Image.new("RGB", (text_width + tiles.width, tiles.height))
+    grid.paste(tiles, (text_width - padding, 0))
     draw = ImageDraw.Draw(grid)
-    for r, (label, (_, images)) in enumerate(zip(labels, rows)):
-        top = padding + r * (h + padding)
-        draw.text((padding, top + h // 2), label, fill=(255, 255, 255), font=font, anchor="lm")
-        for c, image in enumerate(images):
-            grid.paste(image, (text_width + c * (w + padding), top))
+    row_height = (tiles.height - padding) // len(rows)
+    for r, label in enumerate(labels):
+        draw.text((padding, padding + r * row_height + (row_height - padding) // 2), label, fill=(255, 255, 255),
+                  font=font, anchor="lm")
     return grid
 
 
