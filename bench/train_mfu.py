@@ -31,7 +31,7 @@ from vqdiffusion.diffusion.loss import DiffusionLoss
 from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
 from vqdiffusion.models.transformer import Attention
-from vqdiffusion.speed import ATTENTION_BACKENDS, attention_backend
+from vqdiffusion.speed import ATTENTION_BACKENDS, FP8_TRAINING_RECIPES, attention_backend, to_float8_training
 from vqdiffusion.speed.compile import COMPILE_MODES, inductor_options
 from vqdiffusion.utils.optim import clip_grad_norm_in_step
 
@@ -68,6 +68,7 @@ class StepOptions:
     ddp_graph_split: bool = True
     sm_carveout: int | None = None  # SMs the backward's cuBLASLt matmuls leave free (for NCCL's kernels)
     blas: str = "default"  # torch.backends.cuda.preferred_blas_library for the step ("cublaslt", "cublas")
+    fp8: str | None = None  # an FP8 training recipe (vqdiffusion.speed.fp8_training) for the blocks' linears
 
     @property
     def samples(self) -> int:
@@ -108,6 +109,8 @@ def add_step_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
                              "kernels; only cuBLASLt calls honour it, so pair it with --blas cublaslt")
     parser.add_argument("--blas", choices=("default", "cublas", "cublaslt"), default="default",
                         help="torch.backends.cuda.preferred_blas_library for the step")
+    parser.add_argument("--fp8", choices=FP8_TRAINING_RECIPES, default=None,
+                        help="the blocks' linears with FP8 matmuls forward and backward (diffusion_training.fp8)")
     parser.add_argument("--general-posterior", action="store_true",
                         help="the loss from the general (B, K+1, N) posteriors on float32 log-probs (the "
                              "path before the closed form) instead of the closed form on the network's logits")
@@ -121,7 +124,8 @@ def step_options(args: argparse.Namespace, **sweep) -> StepOptions:
                        memory_budget=args.memory_budget, multi_kernel=args.multi_kernel,
                        stacked_qkv=not args.no_stacked_qkv, attention=args.attention,
                        fold_clip=not args.no_fold_clip, closed_form=not args.general_posterior,
-                       cuda_graph=args.cuda_graph, sm_carveout=args.sm_carveout, blas=args.blas, **values)
+                       cuda_graph=args.cuda_graph, sm_carveout=args.sm_carveout, blas=args.blas, fp8=args.fp8,
+                       **values)
 
 
 def build_step(options: StepOptions):
@@ -140,6 +144,8 @@ def build_step(options: StepOptions):
     if options.memory_budget is not None:  # compile's partitioner recomputes the cheapest activations to fit it
         torch._functorch.config.activation_memory_budget = options.memory_budget
     model.residual_in_autocast_dtype = options.bf16_residual
+    if options.fp8 is not None:
+        to_float8_training(model, options.fp8)
     compile_options = inductor_options(options.compile_mode, multi_kernel=options.multi_kernel)
     if options.compile == "model":
         network = torch.compile(model, options=compile_options)

@@ -19,6 +19,7 @@ from ..conditions import Condition, make_condition
 from ..diffusion.loss import DiffusionLoss, LossConfig
 from ..diffusion.schedule import ScheduleConfig, model_timestep
 from ..pipeline import VQDiffusionPipeline
+from ..speed.fp8_training import to_float8_training
 from ..utils.finite import check_finite_checkpoint
 from ..utils.optim import built, clip_grad_norm_in_step, folds_clipping, make_optimizer, partial_record
 from .schedules import watches_the_loss
@@ -55,6 +56,11 @@ class DiffusionModule(pl.LightningModule):
             steps and less memory at the paper sizes, with the same validation VB as the float32
             stream (bench/README.md). No effect in float32 or under fp16 autocast. False keeps
             the float32 stream.
+        fp8: run the blocks' per-token linears' matmuls in FP8 while training, forward and backward
+            (:mod:`vqdiffusion.speed.fp8_training`): ``rowwise`` (all three matmuls) or
+            ``rowwise-wgrad-bf16`` (the weight gradient in bf16); None trains in the autocast
+            dtype. H100/H200 under bf16 autocast; the weights, checkpoints and the EMA copy used for
+            validation and export stay as they are.
 
     The hyperparameters a checkpoint records are plain values: the condition, schedule and loss
     as dicts, the optimiser and LR schedule as the configs that built them.
@@ -75,6 +81,7 @@ class DiffusionModule(pl.LightningModule):
         seed: int = 0,
         compile: bool = False,
         bf16_residual: bool = True,
+        fp8: str | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= caption_dropout < 1:
@@ -99,6 +106,8 @@ class DiffusionModule(pl.LightningModule):
         self.schedule = parts["schedule"]
         self.loss = DiffusionLoss(self.schedule, loss_config)
         self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False)
+        if fp8 is not None:  # after the EMA copy: it samples in the plain dtype
+            to_float8_training(self.transformer, fp8)
         if compile:
             # Each block in place (nn.Module.compile): parameter names and checkpoints stay as they
             # are, and the blocks share one compiled graph, so the compile costs one block's time

@@ -158,7 +158,8 @@ class Attention(nn.Module):
         projections = (self.to_q, self.to_k, self.to_v)
         weight = torch.cat([p.weight for p in projections])
         bias = None if self.to_q.bias is None else torch.cat([p.bias for p in projections])
-        return F.linear(x, weight, bias)
+        # the projections' own matmul (FP8 training linears have one) on the stacked weights
+        return getattr(self.to_q, "linear_function", F.linear)(x, weight, bias)
 
     def _split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, N, 3 * inner) -> q, k, v, each (B, H, N, d)."""
