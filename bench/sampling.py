@@ -8,8 +8,10 @@ at two step counts; the difference gives the cost of one step and the rest the f
 events, median of ``--reps`` repetitions.
 
 Variants of this project's pipeline (``--variants``; see ``VARIANTS``): the dtype, and which of
-``VQDiffusionPipeline.optimize``'s speed-ups are on (fused q/k/v + cached cross-attention K/V,
-the SDPA kernel, torch.compile, CUDA graphs, FP8 matmuls).
+``VQDiffusionPipeline.optimize``'s speed-ups are on (fused q/k/v, cached cross-attention K/V and
+AdaLN tables; ``-adaln`` variants without the tables; the SDPA kernel, torch.compile, CUDA graphs,
+FP8 matmuls). ``--project N`` adds the hours N images take at each row's images/s (an FID run:
+30 000 images under the COCO protocol).
 
     python bench/sampling.py --batch 1 32 --variants bf16 bf16-fused bf16-compiled fp8-compiled
 
@@ -45,7 +47,8 @@ ITHQ_VQVAE = dict(
 )
 PROMPT = "a teddy bear playing in the pool"
 BF16, FP16 = torch.bfloat16, torch.float16
-FAST = dict(fuse_qkv=True, cache_context=True)
+FAST = dict(fuse_qkv=True, cache_context=True, cache_modulation=True)
+UNTABULATED = {**FAST, "cache_modulation": False}
 VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
     "bf16": (BF16, None),
     "fp16": (FP16, None),
@@ -57,6 +60,10 @@ VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
     "bf16-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs"}),  # slow compile
     "fp8-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True}),
     "fp8-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead", "fp8": True}),
+    # the same without the AdaLN tables (each step runs every AdaLN's embedding, SiLU and linear)
+    "bf16-graphs-adaln": (BF16, {**UNTABULATED, "attention": "cudnn", "compile": "reduce-overhead"}),
+    "fp8-graphs-adaln": (BF16, {**UNTABULATED, "attention": "cudnn", "compile": "reduce-overhead", "fp8": True}),
+    "bf16-compiled-adaln": (BF16, {**UNTABULATED, "attention": "cudnn", "compile": True}),
     "bf16-tuned": (BF16, {**FAST, "attention": "cudnn", "compile": "tuned"}),
     "fp8-tuned": (BF16, {**FAST, "attention": "cudnn", "compile": "tuned", "fp8": True}),
     "fp8-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs", "fp8": True}),
@@ -136,6 +143,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--layers", type=int, default=36, help="fewer for a smoke test; FLOPs assume 36")
+    parser.add_argument("--project", type=int, default=30000, metavar="N",
+                        help="report the hours N images take at 100 steps (an FID run's sampling)")
     parser.add_argument("--variants", nargs="+", default=["bf16", "bf16-fused", "bf16-compiled"],
                         choices=sorted(VARIANTS))
     args = parser.parse_args()
@@ -157,7 +166,8 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001 - one failing variant must not hide the others
                 print(f"{name:>18} b={batch:<3} failed: {type(error).__name__}: {str(error)[:400]}", flush=True)
                 continue
-            row = {"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak}
+            row = {"pipeline": name, "batch": batch, **result, "mfu": result["tflops"] / peak,
+                   "projected_images": args.project, "projected_hours": args.project / result["images_per_s"] / 3600}
             base = next((r for r in rows if r["batch"] == batch and r["pipeline"] == "diffusers fp16"), row)
             row["vs_diffusers"] = row["images_per_s"] / base["images_per_s"]
             rows.append(row)
@@ -167,11 +177,13 @@ def main() -> None:
                   f"{result['images_per_s']:6.3f} img/s  {result['tflops']:6.0f} TFLOP/s", flush=True)
     print(f"\n{info['gpu']}, torch {info['torch']}, diffusers {info['diffusers']}, "
           f"measured bf16 matmul peak {peak:.0f} TFLOP/s")
-    print("| pipeline | batch | ms/step | images/s (100 steps) | TFLOP/s | MFU | vs diffusers |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| pipeline | batch | ms/step | images/s (100 steps) | {args.project} images (h) | TFLOP/s | MFU | "
+          "vs diffusers |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         base = next(r for r in rows if r["batch"] == row["batch"] and r["pipeline"] == "diffusers fp16")
         print(f"| {row['pipeline']} | {row['batch']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.3f} | "
+              f"{row['projected_hours']:.2f} | "
               f"{row['tflops']:.0f} | {100 * row['mfu']:.0f}% | {row['images_per_s'] / base['images_per_s']:.2f}x |")
 
 

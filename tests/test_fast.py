@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vqdiffusion import VQDiffusionPipeline
+from vqdiffusion.models.transformer import AdaLayerNorm
 from vqdiffusion.speed import Float8Linear, attention_backend, to_float8
 from vqdiffusion.tiny import tiny_pipeline
 
@@ -38,6 +39,31 @@ def test_cached_cross_attention_and_fused_qkv_give_the_same_samples():
     plain = tokens(tiny_pipeline("text"))
     fast = tokens(tiny_pipeline("text").optimize(fuse_qkv=True, cache_context=True, attention="math"))
     assert torch.equal(plain, fast)
+
+
+def test_tabulated_modulation_gives_the_same_samples_without_the_adaln_linears():
+    plain = tokens(tiny_pipeline("text"))
+    pipe = tiny_pipeline("text").optimize(fuse_qkv=False, cache_context=False, cache_modulation=True)
+    calls = []
+    for module in pipe.transformer.modules():
+        if isinstance(module, AdaLayerNorm):
+            module.linear.register_forward_hook(lambda *args: calls.append(1))
+    assert torch.equal(tokens(pipe), plain) and calls == []
+    assert pipe.fast.settings.cache_modulation
+    assert pipe.transformer.state_dict().keys() == tiny_pipeline("text").transformer.state_dict().keys()
+
+
+def test_modulation_tables_follow_the_timestep_and_skip_class_models():
+    unconditional = tiny_pipeline("uncond").transformer
+    x = torch.randint(0, unconditional.config.num_embeds + 1, (3, unconditional.config.num_tokens))
+    timesteps = torch.tensor([0, 41, 99])
+    with torch.no_grad():
+        expected = unconditional(x, timesteps)
+        tabulated = unconditional.tabulate_modulation()(x, timesteps)
+    assert unconditional.transformer_blocks[0].norm1.table.shape == (100, 2 * unconditional.config.width_model)
+    torch.testing.assert_close(tabulated, expected, rtol=1e-5, atol=1e-5)
+    classes = tiny_pipeline("class").transformer.tabulate_modulation()  # the modulation depends on the class too
+    assert all(m.table is None for m in classes.modules() if isinstance(m, AdaLayerNorm))
 
 
 def test_float8_linear_is_a_quantised_matmul_of_bounded_error():

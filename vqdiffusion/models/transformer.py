@@ -68,13 +68,28 @@ class AdaLayerNorm(nn.Module):
         self.silu = nn.SiLU()
         self.linear = nn.Linear(dim, dim * 2)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        # (T, 2D) scale and shift of every timestep, set by tabulate() for sampling; not saved
+        self.register_buffer("table", None, persistent=False)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        """x (B, N, D); timestep (B,) long; extra (B, D) added to the timestep embedding or None."""
+    @torch.no_grad()
+    def tabulate(self) -> None:
+        """Compute the scale and shift of every timestep once (inference: the weights are final).
+        Without a class embedding they depend on the timestep alone, so each step then reads its
+        row instead of running the embedding, SiLU and linear again."""
+        self.table = self.linear(self.silu(self.emb.weight))
+
+    def modulation(self, timestep: torch.Tensor, extra: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep (B,) long, extra (B, D) or None -> scale, shift (B, D) each."""
+        if self.table is not None and extra is None and not self.training:
+            return self.table[timestep].chunk(2, dim=-1)
         emb = self.emb(timestep)  # (B, D)
         if extra is not None:
             emb = emb + extra
-        scale, shift = self.linear(self.silu(emb)).chunk(2, dim=-1)  # (B, D) each
+        return self.linear(self.silu(emb)).chunk(2, dim=-1)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, D); timestep (B,) long; extra (B, D) added to the timestep embedding or None."""
+        scale, shift = self.modulation(timestep, extra)
         return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
 
 
@@ -295,6 +310,17 @@ class VQDiffusionTransformer(nn.Module):
         self.eval().requires_grad_(False)
         for block in self.transformer_blocks:
             block.attn1.fuse_qkv()
+        return self
+
+    def tabulate_modulation(self) -> VQDiffusionTransformer:
+        """Every AdaLN's scale and shift per timestep computed once (inference; see
+        ``AdaLayerNorm.tabulate``). Class-conditional models keep computing theirs, which depend
+        on the class too. Load weights before, not after: the tables are not updated."""
+        self.eval().requires_grad_(False)
+        if self.config.num_classes is None:
+            for module in self.modules():
+                if isinstance(module, AdaLayerNorm):
+                    module.tabulate()
         return self
 
     def forward(

@@ -178,7 +178,8 @@ class VQDiffusionPipeline:
     def optimize(self, **options) -> VQDiffusionPipeline:
         """Inference speed-ups, in place (the pipeline is for sampling afterwards); returns self.
         The options and their defaults are :meth:`~vqdiffusion.speed.FastPath.optimize`'s:
-        ``fuse_qkv``, ``cache_context``, ``attention``, ``fp8``, ``fp8_scaling``, ``compile``."""
+        ``fuse_qkv``, ``cache_context``, ``cache_modulation``, ``attention``, ``fp8``, ``fp8_scaling``,
+        ``compile``."""
         self.fast.optimize(**options)
         return self
 

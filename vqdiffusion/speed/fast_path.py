@@ -1,9 +1,10 @@
 """The sampling fast path: the callables a pipeline samples through, as loaded or sped up.
 
-:meth:`FastPath.optimize` (what ``VQDiffusionPipeline.optimize`` calls) fuses q/k/v, swaps the
-blocks' linears for FP8 ones, compiles the transformer and the VQ decoder, and records the SDPA
-kernel choice and whether cross-attention keys and values are cached; the pipeline then calls
-``network``, ``decode`` and ``math(fn)`` without knowing which of these are on.
+:meth:`FastPath.optimize` (what ``VQDiffusionPipeline.optimize`` calls) fuses q/k/v, tabulates
+the AdaLN modulation per timestep, swaps the blocks' linears for FP8 ones, compiles the transformer
+and the VQ decoder, and records the SDPA kernel choice and whether cross-attention keys and values
+are cached; the pipeline then calls ``network``, ``decode`` and ``math(fn)`` without knowing which
+of these are on.
 ``bench/sampling.py`` measures each against diffusers on the same GPU.
 """
 
@@ -28,6 +29,7 @@ class SpeedSettings:
 
     fuse_qkv: bool = False
     cache_context: bool = False
+    cache_modulation: bool = False
     attention: str = "auto"
     fp8: bool = False
     fp8_scaling: str = "row"
@@ -45,13 +47,16 @@ class FastPath:
         self.network: Callable = transformer
         self.decode: Callable = decode
 
-    def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, attention: str = "auto",
+    def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, cache_modulation: bool = True,
+                 attention: str = "auto",
                  fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False) -> None:
         """Inference speed-ups, in place (the transformer is for sampling afterwards).
 
         Args:
             fuse_qkv: one matmul for each self-attention's q, k and v.
             cache_context: cross-attention keys and values computed once per call, not per step.
+            cache_modulation: each AdaLN's scale and shift computed once per timestep, not per step
+                (models without classes: :meth:`~vqdiffusion.models.VQDiffusionTransformer.tabulate_modulation`).
             attention: the SDPA kernel tried first: ``auto`` (PyTorch's order), ``cudnn``,
                 ``flash``, ``efficient`` or ``math``.
             fp8: the blocks' per-token linears as FP8 matmuls (:class:`~.fp8.Float8Linear`;
@@ -77,6 +82,8 @@ class FastPath:
         self.transformer.eval().requires_grad_(False)
         if fuse_qkv:
             self.transformer.fuse_qkv()
+        if cache_modulation:
+            self.transformer.tabulate_modulation()
         converted = self.settings.fp8
         if fp8 and not converted:
             to_float8(self.transformer, fp8_scaling)
@@ -84,7 +91,9 @@ class FastPath:
         # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
         # large share of a whole call; compiled, they fuse and the convolutions go channels-last
         self.decode = self.decode_eager if mode is None else compile_fast(self.decode_eager, mode)
-        self.settings = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context, attention=attention,
+        self.settings = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context,
+                                      cache_modulation=cache_modulation or self.settings.cache_modulation,
+                                      attention=attention,
                                       fp8=fp8 or converted,
                                       fp8_scaling=fp8_scaling if fp8 and not converted else self.settings.fp8_scaling,
                                       compile=mode)
