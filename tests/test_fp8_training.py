@@ -136,7 +136,7 @@ def test_an_unknown_recipe_names_the_choices():
 
 
 @pytest.mark.gpu
-def test_a_compiled_fp8_training_step_matches_bf16_on_a_gpu():
+def test_a_compiled_fp8_training_step_matches_float32_on_a_gpu():
     torch.manual_seed(0)
     from vqdiffusion.models.transformer import TransformerConfig, VQDiffusionTransformer
 
@@ -151,11 +151,11 @@ def test_a_compiled_fp8_training_step_matches_bf16_on_a_gpu():
     tokens = torch.randint(0, 513, (64, 256), device="cuda")
     timesteps, labels = torch.randint(0, 100, (64,), device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     outputs = []
-    for net in (reference, fast):
-        with torch.autocast("cuda", torch.bfloat16):
+    for net, autocast in ((reference, False), (fast, True)):
+        with torch.autocast("cuda", torch.bfloat16, enabled=autocast):
             out = net(tokens, timesteps, class_labels=labels)
         out.mean().backward()
-        outputs.append((out.detach().float(), net.transformer_blocks[0].ff.net[2].weight.grad))
+        outputs.append((out.detach().double(), net.transformer_blocks[0].ff.net[2].weight.grad.double()))
     (out_ref, grad_ref), (out_fp8, grad_fp8) = outputs
-    assert _relative_error(out_fp8, out_ref.double()) < 0.01  # log-probabilities near 0..-6: small relative change
-    assert _relative_error(grad_fp8, grad_ref.double()) < 0.1
+    assert _relative_error(out_fp8, out_ref) < 0.02  # log-probabilities of 512 codes (about -6)
+    assert _relative_error(grad_fp8, grad_ref) < 0.1
