@@ -76,12 +76,14 @@ class _Float8Matmul(torch.autograd.Function):
 def float8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   recipe: str = "rowwise") -> torch.Tensor:
     """``F.linear`` (x (..., K), weight (N, K)) with its forward and backward matmuls in FP8;
-    the plain linear where a side is not a multiple of 16. Output bf16 (..., N)."""
+    the plain linear where a side is not a multiple of 16. Output (..., N) in the dtype the linear
+    would give: autocast's, or else x's."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] % 16 or weight.shape[0] % 16 or weight.shape[1] % 16:
-        dtype = torch.bfloat16
-        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-    out = _Float8Matmul.apply(rows, weight, bias, recipe)
+        return F.linear(x, weight, bias)
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    out = _Float8Matmul.apply(rows, weight, bias, recipe).to(dtype)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
