@@ -130,6 +130,22 @@ def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
     assert _variant({"sampler": "ancestral"}, [{"sampler": "ancestral"}]) == "ancestral"
 
 
+def test_a_guidance_schedule_is_recorded_and_keeps_its_runs_apart(setup, tmp_path):
+    for schedule in ("constant", "linear"):
+        run_sample(setup, tmp_path / schedule, "eval.metrics=[shapes]", f"guidance_schedule={schedule}")
+    constant, linear = (json.loads((tmp_path / s / "metrics.json").read_text()) for s in ("constant", "linear"))
+    assert "guidance_schedule" not in constant and linear["guidance_schedule"] == "linear"
+    images = [np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / s).glob("0*.png"))])
+              for s in ("constant", "linear")]
+    assert images[0].shape[0] == 12 and not np.array_equal(*images)  # the same seeds, guided otherwise
+    summarize(tmp_path)
+    from vqdiffusion.eval.summary import _variant
+
+    with open(tmp_path / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(_variant(r, rows) for r in rows) == ["ancestral guidance constant", "ancestral guidance linear"]
+
+
 def test_multirun_over_steps_ends_with_the_summary(setup, tmp_path):
     """`python sample.py -m ... sampler.num_inference_steps=2,4` tabulates and plots in one command."""
     command = [sys.executable, "sample.py", "-m", f"checkpoint={setup / 'pipe'}", "prompt=a red circle", "n=2",

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vqdiffusion.diffusion.guidance import classifier_free_guidance, truncate
+from vqdiffusion.diffusion.guidance import classifier_free_guidance, scheduled_guidance, truncate
 from vqdiffusion.diffusion.samplers import AncestralSampler, EditSpec, PuritySampler, make_sampler, sample_prior
 from vqdiffusion.diffusion.schedule import NoiseSchedule, ScheduleConfig
 
@@ -88,6 +88,32 @@ def test_guidance_is_renormalised_and_identity_at_scale_one():
     assert torch.allclose(classifier_free_guidance(u, c, 1.0), c, atol=1e-6)
     guided = classifier_free_guidance(u, c, 4.0)
     assert torch.allclose(guided.exp().sum(1), torch.ones(2, 5), atol=1e-5)
+
+
+def test_linear_guidance_rises_from_none_to_twice_the_scale_minus_one_with_the_same_mean():
+    t = torch.tensor([100, 75, 50, 1])
+    assert scheduled_guidance(3.0, t, 100, "constant") == 3.0
+    linear = scheduled_guidance(3.0, t, 100, "linear")
+    assert linear.shape == (4, 1, 1)
+    assert linear.flatten().tolist() == pytest.approx([1.0, 2.0, 3.0, 4.96])
+    assert float(scheduled_guidance(3.0, torch.arange(1, 101), 100, "linear").mean()) == pytest.approx(3.0, abs=0.03)
+
+
+def test_the_pipeline_guides_each_sample_at_its_own_time():
+    from vqdiffusion.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("class")
+    conditions = pipe._conditions(None, torch.tensor([3, 7]), 1, True)
+    x = torch.randint(0, pipe.transformer.config.num_embeds + 1, (2, pipe.transformer.config.num_tokens))
+    with torch.no_grad():
+        linear = pipe.denoiser(conditions, 3.0, True, "linear")(x, torch.tensor([100, 50]))
+        at_one = pipe.denoiser(conditions, 1.0, True)(x, torch.tensor([100, 50]))  # the conditional model
+        at_three = pipe.denoiser(conditions, 3.0, True)(x, torch.tensor([100, 50]))
+    torch.testing.assert_close(linear[0], at_one[0])
+    torch.testing.assert_close(linear[1], at_three[1])
+    assert not torch.allclose(linear[0], at_three[0], atol=1e-3)
+    with pytest.raises(ValueError, match=r"guidance_schedule must be one of \('constant', 'linear'\), got 'cosine'"):
+        pipe(class_labels=[1], num_inference_steps=2, guidance_scale=2.0, guidance_schedule="cosine")
 
 
 def test_purity_sampler_reveals_the_expected_numbers_and_keeps_them():

@@ -9,7 +9,10 @@ import torch
 
 from ..ops.truncation import truncate_by_mass, truncation_kernel_available
 
-__all__ = ["classifier_free_guidance", "truncate", "truncate_fast", "check_truncation_rate", "check_guidance_scale"]
+__all__ = ["GUIDANCE_SCHEDULES", "classifier_free_guidance", "scheduled_guidance", "truncate", "truncate_fast",
+           "check_truncation_rate", "check_guidance_scale", "check_guidance_schedule"]
+
+GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
 def _is_real(value) -> bool:
@@ -29,13 +32,32 @@ def check_guidance_scale(scale: float) -> float:
     return float(scale)
 
 
+def check_guidance_schedule(schedule: str) -> str:
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {schedule!r}")
+    return schedule
+
+
+def scheduled_guidance(scale: float, t: torch.Tensor, num_timesteps: int, schedule: str) -> float | torch.Tensor:
+    """The guidance scale at paper times ``t`` (B,): ``constant``: ``scale``; ``linear``:
+    ``1 + 2 (scale - 1)(1 - t / T)`` as a (B, 1, 1) tensor, no guidance at t = T rising to
+    ``2 scale - 1`` as t -> 0, the same mean over the chain's time. What is drawn first (the
+    layout) keeps the model's diversity and what is drawn last follows the condition more
+    (increasing guidance schedules: Wang et al. 2024)."""
+    if schedule == "constant":
+        return scale
+    weight = 1 + 2 * (scale - 1) * (1 - t.float() / num_timesteps)  # (B,)
+    return weight[:, None, None]
+
+
 def classifier_free_guidance(
-    log_p_uncond: torch.Tensor, log_p_cond: torch.Tensor, scale: float
+    log_p_uncond: torch.Tensor, log_p_cond: torch.Tensor, scale: float | torch.Tensor
 ) -> torch.Tensor:
     """log p~ = log p_u + s (log p_c - log p_u), renormalised over classes (dim 1).
 
     Args:
         log_p_uncond, log_p_cond: (B, K, N) log-probabilities.
+        scale: s, a number or a (B, 1, 1) tensor (one per sample).
     Returns:
         (B, K, N) normalised log-probabilities.
     """

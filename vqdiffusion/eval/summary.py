@@ -17,8 +17,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
-SETTINGS = ("sampler", "sampler_options", "num_inference_steps", "guidance_scale", "truncation_rate", "batch_size",
-            "dtype", "speed")
+SETTINGS = ("sampler", "sampler_options", "num_inference_steps", "guidance_scale", "guidance_schedule",
+            "truncation_rate", "batch_size", "dtype", "speed")
 QUALITY = ("fid", "kid", "is", "shapes_faithfulness", "clip_score", "class_accuracy", "classifier_is")
 # metrics that guidance trades against FID: plotted against it across guidance scales
 FIDELITY = ("clip_score", "class_accuracy", "shapes_faithfulness")
@@ -59,10 +59,18 @@ def summarize(folder: str | Path) -> list[Path]:
 
 
 def _variant(row: dict, rows: list[dict]) -> str:
-    """The sampler's name, with its options when another run of the same sampler used others."""
+    """The sampler's name, with its options when another run of the same sampler used others, and
+    the guidance schedule when the runs used several."""
     name = str(row.get("sampler", ""))
     options = {r.get("sampler_options") for r in rows if r.get("sampler") == row.get("sampler")}
-    return f"{name} {row['sampler_options']}" if len(options) > 1 and row.get("sampler_options") else name
+    if len(options) > 1 and row.get("sampler_options"):
+        name = f"{name} {row['sampler_options']}"
+    def schedule(r: dict) -> str:
+        return r.get("guidance_schedule") or "constant"  # runs record it only when not constant
+
+    if len({schedule(r) for r in rows}) > 1:
+        name = f"{name} guidance {schedule(row)}"
+    return name
 
 
 def _cell(value) -> str:

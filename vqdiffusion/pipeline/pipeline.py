@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..diffusion.guidance import check_guidance_scale, check_truncation_rate, classifier_free_guidance
+from ..diffusion.guidance import (
+    check_guidance_scale,
+    check_guidance_schedule,
+    check_truncation_rate,
+    classifier_free_guidance,
+    scheduled_guidance,
+)
 from ..diffusion.samplers import Sampler, make_sampler
 from ..diffusion.schedule import NoiseSchedule, model_timestep
 from ..models.conditioning import LearnedNullEmbedding, TextEncoder
@@ -212,9 +218,11 @@ class VQDiffusionPipeline:
         return conditions
 
     def denoiser(
-        self, conditions: dict[str, torch.Tensor], guidance_scale: float, guidance: bool
+        self, conditions: dict[str, torch.Tensor], guidance_scale: float, guidance: bool,
+        guidance_schedule: str = "constant",
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The closure samplers call: (x_t (B, N), paper t (B,)) -> guided log p(x0) (B, K, N)."""
+        """The closure samplers call: (x_t (B, N), paper t (B,)) -> guided log p(x0) (B, K, N),
+        guided at ``guidance_scale`` as ``guidance_schedule`` sets it at each t."""
         network = self.fast.network
         combine = self.fast.math(classifier_free_guidance)  # compiled, its passes over (B, K, N) fuse into one
         if self.speed.cache_context and "context" in conditions:  # the text is the same at every step
@@ -226,7 +234,8 @@ class VQDiffusionPipeline:
                 return network(x_t, model_timestep(t), **conditions)
             both = network(torch.cat([x_t, x_t]), model_timestep(torch.cat([t, t])), **conditions)
             log_p_uncond, log_p_cond = both.chunk(2)
-            return combine(log_p_uncond, log_p_cond, guidance_scale)
+            scale = scheduled_guidance(guidance_scale, t, self.schedule.num_timesteps, guidance_schedule)
+            return combine(log_p_uncond, log_p_cond, scale)
 
         return log_p_x0
 
@@ -254,6 +263,7 @@ class VQDiffusionPipeline:
         edit_tokens: torch.Tensor | None = None,
         edit_start_step: int | None = None,
         keep_mask: torch.Tensor | None = None,
+        guidance_schedule: str = "constant",
     ) -> ImagePipelineOutput | tuple:
         """Generate images (diffusers' arguments first, then this project's extras).
 
@@ -280,6 +290,9 @@ class VQDiffusionPipeline:
             edit_tokens: (B, N) or (B, h, w) codes of an image to edit or inpaint.
             edit_start_step: start the chain from ``q(x_t | edit_tokens)`` at this paper time.
             keep_mask: (B, N) or (B, h, w) bool, True where ``edit_tokens`` are kept (inpainting).
+            guidance_schedule: ``"constant"`` (the guidance scale at every step) or ``"linear"``
+                (none at t = T, rising to ``2 guidance_scale - 1`` at the end, the same mean:
+                :func:`~vqdiffusion.diffusion.guidance.scheduled_guidance`).
         """
         cfg = self.transformer.config
         prompts, groups, labels = check_condition(cfg, prompt, class_labels, batch_size)
@@ -287,6 +300,7 @@ class VQDiffusionPipeline:
             self.schedule, num_images_per_prompt, callback_steps, num_inference_steps, output_type)
         check_generator(generator)
         guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_schedule = check_guidance_schedule(guidance_schedule)
         truncation_rate = check_truncation_rate(truncation_rate)
         if sampler is None and sampler_options:
             sampler = self.sampler.name
@@ -306,7 +320,7 @@ class VQDiffusionPipeline:
         chosen.compile_math = self.speed.compile
         with self.fast.attention():
             tokens = chosen(
-                self.denoiser(conditions, guidance_scale, guidance),
+                self.denoiser(conditions, guidance_scale, guidance, guidance_schedule),
                 self.schedule,
                 x_t,
                 num_inference_steps=num_inference_steps,

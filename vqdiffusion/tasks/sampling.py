@@ -165,6 +165,7 @@ def sample(cfg: DictConfig) -> Path:
     settings = {"sampler": sampler.name, **({"sampler_options": options} if options else {}),
                 "num_inference_steps": cfg.sampler.num_inference_steps,
                 "guidance_scale": cfg.guidance_scale, "truncation_rate": cfg.truncation_rate,
+                **({"guidance_schedule": cfg.guidance_schedule} if cfg.guidance_schedule != "constant" else {}),
                 **({"ema": bool(cfg.ema)} if is_training_checkpoint(cfg.checkpoint) else {}),
                 **({"speed": "+".join(f"{k}={v}" for k, v in speed.items())} if speed else {})}
     out = Path(cfg.output_dir) if cfg.output_dir else Path(HydraConfig.get().runtime.output_dir)
@@ -323,7 +324,8 @@ def _generate(pipe: VQDiffusionPipeline, sampler: Sampler, items: list[dict], cf
     generators = [torch.Generator(pipe.device).manual_seed(item["seed"]) for item in items]
     generator = generators[0] if sampler.name == "diffusers" else generators
     kwargs = dict(num_inference_steps=cfg.sampler.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                  truncation_rate=cfg.truncation_rate, generator=generator, sampler=sampler)
+                  guidance_schedule=cfg.guidance_schedule, truncation_rate=cfg.truncation_rate, generator=generator,
+                  sampler=sampler)
     if "prompt" in items[0]:
         return pipe([item["prompt"] for item in items], **kwargs).images
     if "class_label" in items[0]:
