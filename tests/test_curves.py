@@ -1,7 +1,7 @@
 """Training curves side by side: what is read from the csv logs, the smoothing and the gap."""
 
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -53,13 +53,14 @@ def test_the_gap_is_relative_to_the_first_run_at_shared_steps():
     assert 50 in steps and gap == pytest.approx(0.05)
 
 
-def test_the_script_prints_the_table_and_writes_the_plot(tmp_path):
+def test_the_script_prints_the_table_and_writes_the_plot(tmp_path, monkeypatch, capsys):
     _log(tmp_path / "bf16", 0, [(step, 3.0 - step / 100) for step in range(1, 201)], mtime=1000)
     _log(tmp_path / "fp8", 0, [(step, 3.0 - step / 100 + 0.003) for step in range(1, 201)], mtime=1000)
     plot = tmp_path / "curves.png"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(tmp_path / "bf16"),
-                             str(tmp_path / "fp8"), "--window", "10", "--points", "4", "--plot", str(plot)],
-                            capture_output=True, text=True, cwd=ROOT, check=True)
-    assert "| step | bf16 | fp8 |" in result.stdout and "| 200 | 1.0450 | 1.0480 |" in result.stdout
-    assert "largest gap from bf16: 0.29%" in result.stdout
+    monkeypatch.setattr(sys, "argv", ["compare_runs.py", str(tmp_path / "bf16"), str(tmp_path / "fp8"),
+                                      "--window", "10", "--points", "4", "--plot", str(plot)])
+    runpy.run_path(str(ROOT / "scripts" / "compare_runs.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "| step | bf16 | fp8 |" in printed and "| 200 | 1.0450 | 1.0480 |" in printed
+    assert "largest gap from bf16: 0.29%" in printed
     assert plot.stat().st_size > 1000

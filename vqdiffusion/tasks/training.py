@@ -214,7 +214,7 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
     usage = float((module.code_usage > module.hparams.dead_code_threshold).float().mean())
     metrics = {"val_psnr_db": psnr, "codes_used": usage}
     if trainer.is_global_zero:  # the one rank that writes metrics.json
-        ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set)
+        ceiling = reconstruction_faithfulness(module.vqvae, datamodule.val_set, count=cfg.ceiling_num_images)
         if ceiling is not None:
             metrics["reconstruction_faithfulness"] = ceiling
             log.info("tokenizer: %.1f%% of validation images stay faithful to their caption through "
