@@ -177,3 +177,16 @@ def test_a_compiled_fp8_training_step_matches_float32_on_a_gpu():
     (out_ref, grad_ref), (out_fp8, grad_fp8) = outputs
     assert _relative_error(out_fp8, out_ref) < 0.02  # log-probabilities of 512 codes (about -6)
     assert _relative_error(grad_fp8, grad_ref) < 0.1
+
+
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_is_refused_by_name(monkeypatch):
+    from vqdiffusion.speed.fp8 import require_fp8_tensor_cores
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(ValueError, match=r"diffusion_training.fp8=rowwise needs FP8 tensor cores .*"
+                                         r"NVIDIA A100-SXM4-80GB has 8.0"):
+        require_fp8_tensor_cores("cuda:0", "diffusion_training.fp8=rowwise")
+    require_fp8_tensor_cores("cpu", "fp8")  # the CPU runs the products (slowly)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    require_fp8_tensor_cores("cuda:0", "fp8")

@@ -19,6 +19,7 @@ from ..conditions import Condition, make_condition
 from ..diffusion.loss import DiffusionLoss, LossConfig
 from ..diffusion.schedule import ScheduleConfig, model_timestep
 from ..pipeline import VQDiffusionPipeline
+from ..speed.fp8 import require_fp8_tensor_cores
 from ..speed.fp8_training import to_float8_training
 from ..utils.finite import check_finite_checkpoint
 from ..utils.optim import built, clip_grad_norm_in_step, folds_clipping, make_optimizer, partial_record
@@ -128,6 +129,8 @@ class DiffusionModule(pl.LightningModule):
         return pairs
 
     def on_fit_start(self) -> None:
+        if self.hparams.fp8 is not None:
+            require_fp8_tensor_cores(self.device, f"diffusion_training.fp8={self.hparams.fp8}")
         dataset = getattr(self.trainer.datamodule, "train_set", None) if self.trainer is not None else None
         if self.text_encoder is not None and hasattr(dataset, "all_captions"):
             self.text_encoder.encoder.to(self.device)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import ATTENTION_BACKENDS, attention_backend
 from .compile import COMPILE_MODES, compile_fast, compiled
-from .fp8 import FP8_SCALINGS, to_float8
+from .fp8 import FP8_SCALINGS, require_fp8_tensor_cores, to_float8
 
 __all__ = ["FastPath", "SpeedSettings"]
 
@@ -75,6 +75,8 @@ class FastPath:
         dtype = next(self.transformer.parameters()).dtype
         if fp8 and dtype != torch.bfloat16:
             raise ValueError(f"fp8 needs a bfloat16 pipeline (pipe.to(dtype=torch.bfloat16)), this one is {dtype}")
+        if fp8:
+            require_fp8_tensor_cores(next(self.transformer.parameters()).device, "fp8")
         mode = None if compile is False else ("default" if compile is True else str(compile))
         if mode is not None and mode not in COMPILE_MODES:
             raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")

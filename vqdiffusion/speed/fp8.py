@@ -5,12 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["E4M3_MAX", "FP8_SCALINGS", "Float8Linear", "to_float8"]
+__all__ = ["E4M3_MAX", "FP8_SCALINGS", "Float8Linear", "require_fp8_tensor_cores", "to_float8"]
 
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
 
 FP8_SCALINGS = ("row", "tensor")
+FP8_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores
+
+
+def require_fp8_tensor_cores(device: torch.device | str, what: str) -> None:
+    """Refuse ``what`` on a CUDA GPU without FP8 tensor cores, naming the GPU (elsewhere
+    ``torch._scaled_mm`` fails deep inside the first matmul). Other devices pass: the CPU runs
+    the same FP8 products, slowly, which the tests use."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_CAPABILITY:
+        raise ValueError(f"{what} needs FP8 tensor cores (compute capability 8.9 or higher: H100, H200, L40, "
+                         f"RTX 4090); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}")
 
 
 class Float8Linear(nn.Module):
