@@ -161,6 +161,20 @@ def test_sample_py_reports_a_mistake_in_one_line_and_leaves_no_folder(tmp_path):
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("guidance_schedule=cosine", "guidance_schedule must be one of ('constant', 'linear'), got 'cosine'"),
+    ("guidance_scale=-1", "guidance_scale must be a finite number >= 0, got -1"),
+    ("truncation_rate=0", "truncation_rate must be in (0, 1], got 0"),
+])
+def test_a_bad_sampling_setting_stops_the_job_before_its_folder_exists(tmp_path, setting, message):
+    folder = tmp_path / "pipe"
+    tiny_pipeline("class").save_pretrained(folder)
+    with pytest.raises(ValueError) as error:
+        sample(compose_sample([f"checkpoint={folder}", "class_labels=[1]", "n=1", setting,
+                               f"output_dir={tmp_path / 'out'}"]))
+    assert str(error.value) == message and not (tmp_path / "out").exists()
+
+
 def test_class_jobs_grid_a_row_per_class_and_a_grid_file_per_class(tmp_path):
     import numpy as np
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from ..convert.lightning_checkpoint import is_training_checkpoint
+from ..diffusion.guidance import check_guidance_scale, check_guidance_schedule, check_truncation_rate
 from ..diffusion.samplers import Sampler
 from ..pipeline import VQDiffusionPipeline
 from ..speed import SpeedSettings
@@ -156,6 +157,10 @@ def sample(cfg: DictConfig) -> Path:
     rank, world, device = distributed_context(cfg.device)
     # the model first: a wrong checkpoint stops the job before it creates an output folder
     pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype, ema=cfg.ema)
+    # and the settings every call checks, before any folder exists
+    check_guidance_scale(cfg.guidance_scale)
+    check_guidance_schedule(cfg.guidance_schedule)
+    check_truncation_rate(cfg.truncation_rate)
     speed = _speed_settings(cfg)
     if speed:
         pipe.optimize(**speed)
