@@ -147,6 +147,15 @@ def test_coco_debug_fdr_reaches_the_missing_data_message(tmp_path):
         train(cfg)
 
 
+@pytest.mark.parametrize("setting", ["validation.guidance_scale=-2", "validation.truncation_rate=1.5"])
+def test_a_bad_validation_setting_stops_the_run_before_it_trains(tmp_path, setting):
+    cfg = compose_train(["experiment=quickstart", *TINY, setting, f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match=r"(guidance_scale must be a finite number >= 0, got -2"
+                                         r"|truncation_rate must be in \(0, 1\], got 1.5)"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_coco_without_data_stops_with_the_layout_and_the_fix(tmp_path):
     import subprocess
     import sys

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
 from ..convert.state_dict import load_checked
 from ..data.robust import DatasetNotFoundError
+from ..diffusion.guidance import check_guidance_scale, check_truncation_rate
 from ..lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
 from ..lit.checkpoint_io import newest_valid_checkpoint
 from ..models.vqvae import VQVAE
@@ -78,6 +79,9 @@ def train(cfg: DictConfig) -> dict:
     """Train the stage(s) ``cfg.stage`` asks for; returns the final metrics (also in metrics.json)."""
     if cfg.stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+    # the validation sampler's settings, checked now rather than at the first validation
+    check_guidance_scale(cfg.validation.guidance_scale)
+    check_truncation_rate(cfg.validation.truncation_rate)
     pl.seed_everything(cfg.seed, workers=True)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
