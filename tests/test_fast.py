@@ -62,6 +62,11 @@ def test_modulation_tables_follow_the_timestep_and_skip_class_models():
         tabulated = unconditional.tabulate_modulation()(x, timesteps)
     assert unconditional.transformer_blocks[0].norm1.table.shape == (100, 2 * unconditional.config.width_model)
     torch.testing.assert_close(tabulated, expected, rtol=1e-5, atol=1e-5)
+    other = tiny_pipeline("uncond", seed=1).transformer
+    unconditional.load_state_dict(other.state_dict())  # new weights: the old tables must not be used
+    assert unconditional.transformer_blocks[0].norm1.table is None
+    with torch.no_grad():
+        torch.testing.assert_close(unconditional(x, timesteps), other(x, timesteps))
     classes = tiny_pipeline("class").transformer.tabulate_modulation()  # the modulation depends on the class too
     assert all(m.table is None for m in classes.modules() if isinstance(m, AdaLayerNorm))
 

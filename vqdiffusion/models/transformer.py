@@ -68,8 +68,10 @@ class AdaLayerNorm(nn.Module):
         self.silu = nn.SiLU()
         self.linear = nn.Linear(dim, dim * 2)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)
-        # (T, 2D) scale and shift of every timestep, set by tabulate() for sampling; not saved
+        # (T, 2D) scale and shift of every timestep, set by tabulate() for sampling; not saved, and
+        # dropped when new weights are loaded (it would describe the old ones)
         self.register_buffer("table", None, persistent=False)
+        self.register_load_state_dict_post_hook(_drop_table)
 
     @torch.no_grad()
     def tabulate(self) -> None:
@@ -91,6 +93,10 @@ class AdaLayerNorm(nn.Module):
         """x (B, N, D); timestep (B,) long; extra (B, D) added to the timestep embedding or None."""
         scale, shift = self.modulation(timestep, extra)
         return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+def _drop_table(module: AdaLayerNorm, incompatible_keys) -> None:
+    module.table = None
 
 
 class Attention(nn.Module):
@@ -315,7 +321,7 @@ class VQDiffusionTransformer(nn.Module):
     def tabulate_modulation(self) -> VQDiffusionTransformer:
         """Every AdaLN's scale and shift per timestep computed once (inference; see
         ``AdaLayerNorm.tabulate``). Class-conditional models keep computing theirs, which depend
-        on the class too. Load weights before, not after: the tables are not updated."""
+        on the class too. Loading weights afterwards drops the tables (tabulate again then)."""
         self.eval().requires_grad_(False)
         if self.config.num_classes is None:
             for module in self.modules():
