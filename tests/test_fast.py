@@ -233,15 +233,24 @@ def test_compile_options_add_multi_kernel_reductions_and_tuning_to_the_mode():
 
 
 def test_a_compiled_pipeline_draws_the_same_images_on_the_cpu():
-    """optimize(compile=...) compiles the transformer, the step math and the VQ decoder (~35 s
-    here): float32 on the CPU, the images equal the eager pipeline's up to rounding."""
+    """optimize(compile=...) compiles the transformer (whole, or block by block), the step math
+    and the VQ decoder: float32 on the CPU, the images equal the eager pipeline's up to rounding."""
     def images(pipe):
         return pipe(["a red circle", "a blue square"], num_inference_steps=4, guidance_scale=3.0, truncation_rate=0.9,
                     generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="pt").images
 
+    eager = images(tiny_pipeline("text"))
     fast = tiny_pipeline("text").optimize(compile="tuned")
     assert fast.fast.decode is not fast.vqvae.decode  # the decoder is compiled too
-    torch.testing.assert_close(images(fast), images(tiny_pipeline("text")), rtol=0, atol=1e-4)
+    torch.testing.assert_close(images(fast), eager, rtol=0, atol=1e-4)
+    regional = tiny_pipeline("text").optimize(compile="tuned", compile_scope="blocks")
+    assert regional.fast.network is regional.transformer  # the model stays eager around its compiled blocks
+    assert all(block._compiled_call_impl is not None for block in regional.transformer.transformer_blocks)
+    torch.testing.assert_close(images(regional), eager, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="compile_scope='blocks' is for modes without CUDA graphs"):
+        tiny_pipeline("text").optimize(compile="reduce-overhead", compile_scope="blocks")
+    with pytest.raises(ValueError, match=r"compile_scope must be one of \('model', 'blocks'\), got 'layers'"):
+        tiny_pipeline("text").optimize(compile=True, compile_scope="layers")
 
 
 def test_truncate_fast_is_the_sort_based_truncation_where_no_kernel_runs():

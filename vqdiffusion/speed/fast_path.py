@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from .attention import ATTENTION_BACKENDS, attention_backend
-from .compile import COMPILE_MODES, compile_fast, compiled
+from .compile import COMPILE_MODES, compile_fast, compiled, inductor_options, uses_cuda_graphs
 from .fp8 import FP8_SCALINGS, require_fp8_tensor_cores, to_float8
 
-__all__ = ["FastPath", "SpeedSettings"]
+__all__ = ["COMPILE_SCOPES", "FastPath", "SpeedSettings"]
+
+COMPILE_SCOPES = ("model", "blocks")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class SpeedSettings:
     fp8: bool = False
     fp8_scaling: str = "row"
     compile: str | None = None
+    compile_scope: str = "model"
 
 
 class FastPath:
@@ -49,7 +52,8 @@ class FastPath:
 
     def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, cache_modulation: bool = True,
                  attention: str = "auto",
-                 fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False) -> None:
+                 fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False,
+                 compile_scope: str = "model") -> None:
         """Inference speed-ups, in place (the transformer is for sampling afterwards).
 
         Args:
@@ -67,6 +71,9 @@ class FastPath:
                 a mode of :data:`~.compile.COMPILE_MODES`: ``"reduce-overhead"`` (CUDA graphs;
                 for batch 1), ``"tuned"`` (Triton kernels tuned: minutes more compile, for long runs
                 at large batch).
+            compile_scope: ``"model"`` compiles the transformer whole; ``"blocks"`` compiles each
+                block in place, one graph that every (identical) block reuses, so compiling costs
+                one block's time however deep the model (modes without CUDA graphs).
         """
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
@@ -80,6 +87,11 @@ class FastPath:
         mode = None if compile is False else ("default" if compile is True else str(compile))
         if mode is not None and mode not in COMPILE_MODES:
             raise ValueError(f"compile must be True, False or one of {COMPILE_MODES}, got {compile!r}")
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
+        if compile_scope == "blocks" and uses_cuda_graphs(mode):
+            raise ValueError(f"compile_scope='blocks' is for modes without CUDA graphs; {mode!r} replays them: "
+                             "compile the whole model (compile_scope='model')")
         # every check above comes before the first change below: a refused call leaves the pipeline as it was
         self.transformer.eval().requires_grad_(False)
         if fuse_qkv:
@@ -89,7 +101,12 @@ class FastPath:
         converted = self.settings.fp8
         if fp8 and not converted:
             to_float8(self.transformer, fp8_scaling)
-        self.network = self.transformer if mode is None else compile_fast(self.transformer, mode)
+        if mode is not None and compile_scope == "blocks":
+            for block in self.transformer.transformer_blocks:
+                block.compile(dynamic=False, options=inductor_options(mode))
+            self.network = self.transformer
+        else:
+            self.network = self.transformer if mode is None else compile_fast(self.transformer, mode)
         # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
         # large share of a whole call; compiled, they fuse and the convolutions go channels-last
         self.decode = self.decode_eager if mode is None else compile_fast(self.decode_eager, mode)
@@ -98,7 +115,7 @@ class FastPath:
                                       attention=attention,
                                       fp8=fp8 or converted,
                                       fp8_scaling=fp8_scaling if fp8 and not converted else self.settings.fp8_scaling,
-                                      compile=mode)
+                                      compile=mode, compile_scope=compile_scope)
 
     def math(self, function: Callable) -> Callable:
         """``function`` compiled in the fast path's mode, or as is when not compiling."""
