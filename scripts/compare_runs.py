@@ -2,14 +2,15 @@
 
 Reads a metric (``--metric``, default ``train/loss``) from each run's csv logger
 (``logger=csv``), smooths it over ``--window`` logged values, prints a table at shared steps with
-the largest relative gap from the first run, and writes the curves to ``--plot``. A run that
-resumed into another folder is given as ``FIRST+SECOND``; ``--labels`` names the runs.
+the largest relative gap from the first run and each run's samples/s (from its
+``throughput.json``), and writes the curves to ``--plot``. A run that resumed into another folder
+is given as ``FIRST+SECOND``; ``--labels`` names the runs.
 """
 
 import argparse
 from pathlib import Path
 
-from vqdiffusion.eval.curves import compare, plot_curves, read_series, smoothed
+from vqdiffusion.eval.curves import compare, plot_curves, read_series, read_throughput, smoothed
 
 
 def main() -> None:
@@ -32,6 +33,11 @@ def main() -> None:
     for index, step in enumerate(steps):
         print(f"| {step} | " + " | ".join(f"{table[label][index]:.4f}" for label in labels) + " |")
     print(f"largest gap from {labels[0]}: {100 * gap:.2f}%")
+    speeds = {label: read_throughput(run) for label, run in zip(labels, args.runs)}
+    if all(speeds.values()):  # every run timed its steps (the Throughput callback's throughput.json)
+        base = speeds[labels[0]]
+        print("samples/s: " + ", ".join(f"{label} {speed:.1f} ({speed / base:.2f}x)"
+                                         for label, speed in speeds.items()))
     print(plot_curves(curves, args.metric, args.plot))
 
 

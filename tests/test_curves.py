@@ -1,5 +1,6 @@
 """Training curves side by side: what is read from the csv logs, the smoothing and the gap."""
 
+import json
 import os
 import runpy
 import sys
@@ -56,6 +57,8 @@ def test_the_gap_is_relative_to_the_first_run_at_shared_steps():
 def test_the_script_prints_the_table_and_writes_the_plot(tmp_path, monkeypatch, capsys):
     _log(tmp_path / "bf16", 0, [(step, 3.0 - step / 100) for step in range(1, 201)], mtime=1000)
     _log(tmp_path / "fp8", 0, [(step, 3.0 - step / 100 + 0.003) for step in range(1, 201)], mtime=1000)
+    for name, speed in (("bf16", 100.0), ("fp8", 130.0)):
+        (tmp_path / name / "throughput.json").write_text(json.dumps({"samples_per_second": speed}))
     plot = tmp_path / "curves.png"
     monkeypatch.setattr(sys, "argv", ["compare_runs.py", str(tmp_path / "bf16"), str(tmp_path / "fp8"),
                                       "--window", "10", "--points", "4", "--plot", str(plot)])
@@ -63,4 +66,5 @@ def test_the_script_prints_the_table_and_writes_the_plot(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert "| step | bf16 | fp8 |" in printed and "| 200 | 1.0450 | 1.0480 |" in printed
     assert "largest gap from bf16: 0.29%" in printed
+    assert "samples/s: bf16 100.0 (1.00x), fp8 130.0 (1.30x)" in printed
     assert plot.stat().st_size > 1000

@@ -4,10 +4,11 @@ smoothed, tabled at shared steps and plotted (``scripts/compare_runs.py``)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
-__all__ = ["Series", "read_series", "smoothed", "compare", "plot_curves"]
+__all__ = ["Series", "read_series", "read_throughput", "smoothed", "compare", "plot_curves"]
 
 Series = list[tuple[int, float]]  # (step, value) pairs, by step
 
@@ -32,6 +33,15 @@ def read_series(run: str | Path, metric: str) -> Series:
         available = sorted({key for path in files for key in csv.DictReader(path.open()).fieldnames or []})
         raise ValueError(f"{run} logged no {metric!r}; its metrics: {available}")
     return sorted(values.items())
+
+
+def read_throughput(run: str | Path) -> float | None:
+    """Samples/s of a run's last stage (``throughput.json`` of its last folder), or None."""
+    path = Path(str(run).split("+")[-1]) / "throughput.json"
+    try:
+        return float(json.loads(path.read_text())["samples_per_second"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def smoothed(series: Series, window: int) -> Series:
