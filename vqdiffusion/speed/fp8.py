@@ -5,13 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["E4M3_MAX", "FP8_SCALINGS", "Float8Linear", "require_fp8_tensor_cores", "to_float8"]
+__all__ = ["E4M3_MAX", "FP8_SCALINGS", "Float8Linear", "quantise", "require_fp8_tensor_cores", "to_float8"]
 
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
 
 FP8_SCALINGS = ("row", "tensor")
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores
+
+
+def quantise(t: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float8 e4m3 copy of a 2-D ``t`` scaled by its absolute maximum along ``dim`` (kept as size
+    1), or over the whole tensor when ``dim`` is None (a 0-d scale), and that float32 scale:
+    ``t ≈ q.float() * scale``."""
+    amax = t.abs().amax() if dim is None else t.abs().amax(dim=dim, keepdim=True)
+    scale = amax.float().clamp_min(1e-12) / E4M3_MAX
+    return (t.float() / scale).to(torch.float8_e4m3fn), scale
 
 
 def require_fp8_tensor_cores(device: torch.device | str, what: str) -> None:
@@ -42,20 +51,16 @@ class Float8Linear(nn.Module):
         if scaling not in FP8_SCALINGS:
             raise ValueError(f"scaling must be one of {FP8_SCALINGS}, got {scaling!r}")
         self.in_features, self.out_features, self.scaling = linear.in_features, linear.out_features, scaling
-        weight = linear.weight.detach().float()  # (out, in)
-        amax = weight.abs().amax(dim=1, keepdim=True) if scaling == "row" else weight.abs().amax()
-        scale = amax.clamp_min(1e-12) / E4M3_MAX  # (out, 1) or ()
-        self.register_buffer("weight_fp8", (weight / scale).to(torch.float8_e4m3fn))
+        weight_fp8, scale = quantise(linear.weight.detach().float(), 1 if scaling == "row" else None)  # (out, 1) / ()
+        self.register_buffer("weight_fp8", weight_fp8)  # (out, in)
         self.register_buffer("weight_scale", scale.t().contiguous() if scaling == "row" else scale)  # (1, out) / ()
         bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out) bf16."""
-        rows = x.reshape(-1, self.in_features)
-        amax = rows.abs().amax(dim=1, keepdim=True) if self.scaling == "row" else rows.abs().amax()
-        scale = amax.float().clamp_min(1e-12) / E4M3_MAX  # (M, 1) or ()
-        quantised = (rows.float() / scale).to(torch.float8_e4m3fn)
+        dim = 1 if self.scaling == "row" else None
+        quantised, scale = quantise(x.reshape(-1, self.in_features), dim)  # scale (M, 1) / ()
         # bias in the matmul's epilogue; fast accumulation: the tensor cores' faster, less exact
         # FP8 accumulation (what FP8 inference libraries use; the products are already 3-bit)
         out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,

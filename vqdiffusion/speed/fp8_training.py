@@ -22,18 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fp8 import E4M3_MAX
+from .fp8 import quantise
 
 __all__ = ["FP8_TRAINING_RECIPES", "Float8TrainingLinear", "float8_linear", "to_float8_training"]
 
 FP8_TRAINING_RECIPES = ("rowwise", "rowwise-wgrad-bf16")
-
-
-def quantise(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """float8 e4m3 copy of a 2-D ``t`` scaled by its absolute maximum along ``dim`` and that
-    scale (float32, ``dim`` kept as size 1): ``t ≈ q.float() * scale``."""
-    scale = t.abs().amax(dim=dim, keepdim=True).float().clamp_min(1e-12) / E4M3_MAX
-    return (t.float() / scale).to(torch.float8_e4m3fn), scale
 
 
 def _column_major(q: torch.Tensor) -> torch.Tensor:
@@ -94,7 +87,7 @@ class Float8TrainingLinear(nn.Linear):
     recipe: str = "rowwise"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return float8_linear(x, self.weight, self.bias, self.recipe)
+        return self.linear_function(x, self.weight, self.bias)
 
     def linear_function(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """This layer's matmul on other weights (self-attention's q/k/v stacked into one)."""
