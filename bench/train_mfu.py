@@ -32,7 +32,7 @@ from vqdiffusion.diffusion.schedule import NoiseSchedule, model_timestep
 from vqdiffusion.models import TransformerConfig, VQDiffusionTransformer
 from vqdiffusion.models.transformer import Attention
 from vqdiffusion.speed import ATTENTION_BACKENDS, FP8_TRAINING_RECIPES, attention_backend, to_float8_training
-from vqdiffusion.speed.compile import COMPILE_MODES, inductor_options
+from vqdiffusion.speed.compile import COMPILE_MODES, compile_blocks, inductor_options
 from vqdiffusion.utils.optim import clip_grad_norm_in_step
 
 COMPILE_SCOPES = ("off", "model", "blocks")
@@ -150,8 +150,7 @@ def build_step(options: StepOptions):
     if options.compile == "model":
         network = torch.compile(model, options=compile_options)
     elif options.compile == "blocks":  # in place: one compiled graph serves every (identical) block
-        for block in model.transformer_blocks:
-            block.compile(options=compile_options)
+        compile_blocks(model, options=compile_options)
         network = model
     else:
         network = model

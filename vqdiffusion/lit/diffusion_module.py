@@ -19,6 +19,7 @@ from ..conditions import Condition, make_condition
 from ..diffusion.loss import DiffusionLoss, LossConfig
 from ..diffusion.schedule import ScheduleConfig, model_timestep
 from ..pipeline import VQDiffusionPipeline
+from ..speed.compile import compile_blocks
 from ..speed.fp8 import require_fp8_tensor_cores
 from ..speed.fp8_training import to_float8_training
 from ..utils.finite import check_finite_checkpoint
@@ -110,12 +111,9 @@ class DiffusionModule(pl.LightningModule):
         if fp8 is not None:  # after the EMA copy: it samples in the plain dtype
             to_float8_training(self.transformer, fp8)
         if compile:
-            # Each block in place (nn.Module.compile): parameter names and checkpoints stay as they
-            # are, and the blocks share one compiled graph, so the compile costs one block's time
-            # (a fraction of compiling the whole transformer) at the same step time. The EMA copy,
-            # used for sampling, stays eager.
-            for block in self.transformer.transformer_blocks:
-                block.compile()
+            # Block by block: a fraction of compiling the whole transformer, at the same step time.
+            # The EMA copy, used for sampling, stays eager.
+            compile_blocks(self.transformer)
             self.loss.compile_math = True  # the closed-form loss math after the network (with gradients)
         self.ema_null_embedding = (None if self.null_embedding is None
                                    else copy.deepcopy(self.null_embedding).requires_grad_(False))

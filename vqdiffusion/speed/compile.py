@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["COMPILE_MODES", "begin_graph_step", "compile_fast", "compiled", "inductor_options", "uses_cuda_graphs"]
+__all__ = ["COMPILE_MODES", "begin_graph_step", "compile_blocks", "compile_fast", "compiled", "inductor_options",
+           "uses_cuda_graphs"]
 
 # torch.compile's modes, plus "tuned": the default mode with coordinate-descent tuning of every
 # generated Triton kernel's launch configuration (block sizes, warps), without the GEMM autotuning
@@ -47,6 +48,15 @@ def inductor_options(mode: str | None = None, multi_kernel: bool = True) -> dict
 def compile_fast(fn: Callable, mode: str | None = None) -> Callable:
     """``torch.compile`` at static shapes with :func:`inductor_options`."""
     return torch.compile(fn, dynamic=False, options=inductor_options(mode))
+
+
+def compile_blocks(transformer: torch.nn.Module, **compile_options) -> None:
+    """``torch.compile`` each of ``transformer.transformer_blocks`` in place (``nn.Module.compile``
+    with ``compile_options``): parameter names and checkpoints stay as they are, and the identical
+    blocks share one compiled graph, so compiling costs one block's time however deep the model;
+    the rest of the transformer stays eager."""
+    for block in transformer.transformer_blocks:
+        block.compile(**compile_options)
 
 
 @functools.cache

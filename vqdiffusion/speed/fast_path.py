@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .attention import ATTENTION_BACKENDS, attention_backend
-from .compile import COMPILE_MODES, compile_fast, compiled, inductor_options, uses_cuda_graphs
+from .compile import COMPILE_MODES, compile_blocks, compile_fast, compiled, inductor_options, uses_cuda_graphs
 from .fp8 import FP8_SCALINGS, require_fp8_tensor_cores, to_float8
 
 __all__ = ["COMPILE_SCOPES", "FastPath", "SpeedSettings"]
@@ -102,8 +102,7 @@ class FastPath:
         if fp8 and not converted:
             to_float8(self.transformer, fp8_scaling)
         if mode is not None and compile_scope == "blocks":
-            for block in self.transformer.transformer_blocks:
-                block.compile(dynamic=False, options=inductor_options(mode))
+            compile_blocks(self.transformer, dynamic=False, options=inductor_options(mode))
             self.network = self.transformer
         else:
             self.network = self.transformer if mode is None else compile_fast(self.transformer, mode)
