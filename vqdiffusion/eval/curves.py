@@ -24,14 +24,16 @@ def read_series(run: str | Path, metric: str) -> Series:
                                                           key=lambda p: p.stat().st_mtime)]
     if not files:
         raise FileNotFoundError(f"no logs/*/metrics.csv under {run}: was it trained with logger=csv?")
+    logged: set[str] = set()
     for path in files:
         with path.open() as f:
-            for row in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            logged.update(reader.fieldnames or [])
+            for row in reader:
                 if row.get(metric) not in (None, ""):
                     values[int(row["step"])] = float(row[metric])
     if not values:
-        available = sorted({key for path in files for key in csv.DictReader(path.open()).fieldnames or []})
-        raise ValueError(f"{run} logged no {metric!r}; its metrics: {available}")
+        raise ValueError(f"{run} logged no {metric!r}; its metrics: {sorted(logged)}")
     return sorted(values.items())
 
 
