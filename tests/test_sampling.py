@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
@@ -224,3 +225,43 @@ def test_fresh_also_clears_the_grids_of_the_old_images(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         sample(compose_sample([*args, "class_labels=[2]", "fresh=true"]))
     assert not (out / "class_grids").exists() and not (out / "grid.png").exists()
+
+
+def test_jobs_of_one_process_share_a_pipeline_built_the_same_way(checkpoint, tmp_path, monkeypatch):
+    """A sweep's jobs (one process) load the model once while checkpoint, dtype and speed settings
+    stay; changing one of them, or the checkpoint's files, loads it again. Reuse changes no image."""
+    import vqdiffusion.tasks.sampling as sampling
+
+    loads = []
+    load = sampling.load_pipeline
+    monkeypatch.setattr(sampling, "load_pipeline", lambda *a, **k: loads.append(a) or load(*a, **k))
+    monkeypatch.setattr(sampling, "_last_pipeline", None)
+    args = [f"checkpoint={checkpoint}", "prompt=a red circle", "n=2"]
+
+    def job(name, *more):
+        return sample(compose_sample([*args, *more, f"output_dir={tmp_path / name}"]))
+
+    three = job("three", "sampler.num_inference_steps=3")
+    job("five", "sampler.num_inference_steps=5", "guidance_scale=2")
+    assert len(loads) == 1
+    job("math", "sampler.num_inference_steps=3", "speed.attention=math")
+    assert len(loads) == 2
+    monkeypatch.setattr(sampling, "_last_pipeline", None)  # as a new process: loaded afresh
+    again = job("again", "sampler.num_inference_steps=3")
+    assert len(loads) == 3
+    for name in ("000000.png", "000001.png"):
+        assert np.array_equal(np.asarray(Image.open(three / name)), np.asarray(Image.open(again / name)))
+
+
+def test_a_changed_checkpoint_is_loaded_again(tmp_path, monkeypatch):
+    import vqdiffusion.tasks.sampling as sampling
+
+    folder = tmp_path / "pipe"
+    tiny_pipeline("class").save_pretrained(folder)
+    monkeypatch.setattr(sampling, "_last_pipeline", None)
+    args = [f"checkpoint={folder}", "class_labels=[1]", "n=2", "sampler.num_inference_steps=3"]
+    first = sample(compose_sample([*args, f"output_dir={tmp_path / 'a'}"]))
+    tiny_pipeline("class", seed=1).save_pretrained(folder)  # retrained in place: other weights
+    second = sample(compose_sample([*args, f"output_dir={tmp_path / 'b'}"]))
+    first_image, second_image = (np.asarray(Image.open(run / "000000.png")) for run in (first, second))
+    assert not np.array_equal(first_image, second_image)

@@ -155,15 +155,13 @@ def sample(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     rank, world, device = distributed_context(cfg.device)
+    speed = _speed_settings(cfg)
     # the model first: a wrong checkpoint stops the job before it creates an output folder
-    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype, ema=cfg.ema)
+    pipe = _job_pipeline(cfg, device, speed)
     # and the settings every call checks, before any folder exists
     check_guidance_scale(cfg.guidance_scale)
     check_guidance_schedule(cfg.guidance_schedule)
     check_truncation_rate(cfg.truncation_rate)
-    speed = _speed_settings(cfg)
-    if speed:
-        pipe.optimize(**speed)
     sampler = instantiate(cfg.sampler.algorithm)
     items = job_items(cfg, pipe)
     options = sampler_options(cfg.sampler.algorithm)
@@ -187,6 +185,28 @@ def sample(cfg: DictConfig) -> Path:
         if rank == 0:
             atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
         return _draw_and_record(cfg, pipe, sampler, items, settings, out, rank, world)
+
+
+# The last job's pipeline in this process, by what built it. The jobs of a ``sample.py -m`` sweep
+# run one after another in one process; those sharing a checkpoint, device, dtype, EMA choice and
+# speed settings reuse it, so a compiled model compiles once per sweep rather than once per job.
+_last_pipeline: tuple[str, VQDiffusionPipeline] | None = None
+
+
+def _job_pipeline(cfg: DictConfig, device: str, speed: dict) -> VQDiffusionPipeline:
+    """The job's pipeline, loaded and optimised, or the previous job's when it was built the same way."""
+    global _last_pipeline
+    key = json.dumps({"checkpoint": str(cfg.checkpoint), "identity": checkpoint_identity(str(cfg.checkpoint)),
+                      "device": device, "dtype": cfg.dtype, "ema": cfg.ema, "speed": speed}, sort_keys=True)
+    if _last_pipeline is not None and _last_pipeline[0] == key:
+        log.info("reusing the previous job's pipeline (same checkpoint, device, dtype and speed settings)")
+        return _last_pipeline[1]
+    _last_pipeline = None  # free the previous model before loading the next
+    pipe = load_pipeline(cfg.checkpoint, device, cfg.dtype, ema=cfg.ema)
+    if speed:
+        pipe.optimize(**speed)
+    _last_pipeline = (key, pipe)
+    return pipe
 
 
 def _claim(out: Path, expected: dict, fresh: bool, rank: int, world: int) -> None:
