@@ -158,6 +158,8 @@ def test_bf16_fast_path_agrees_with_float32_on_a_gpu():
     fast = tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(compile=True, attention="auto")
     agreement = (tokens(fast) == exact).float().mean().item()
     assert agreement > 0.8, agreement
+    blocks = tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(compile=True, compile_scope="blocks")
+    assert (tokens(blocks) == exact).float().mean().item() > 0.8  # each block compiled in place
     graphs = tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(compile="reduce-overhead")
     first = tokens(graphs)
     assert (first == exact).float().mean().item() > 0.8
