@@ -280,7 +280,7 @@ def test_a_training_checkpoint_samples_as_the_pipeline_exported_from_its_weights
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             sample(compose("sample", overrides=[f"checkpoint={checkpoint}", "prompt=a red circle", "n=2",
                                                 "sampler.num_inference_steps=3", f"output_dir={out}"]))
-        return [torch.from_numpy(np.asarray(Image.open(p))) for p in sorted(out.glob("*.png")) if p.stem.isdigit()]
+        return [torch.from_numpy(np.array(Image.open(p))) for p in sorted(out.glob("*.png")) if p.stem.isdigit()]
 
     from_checkpoint, from_run = sample_folder(checkpoint, tmp_path / "a"), sample_folder(run, tmp_path / "b")
     assert len(from_checkpoint) == 2 and all(torch.equal(a, b) for a, b in zip(from_checkpoint, from_run))
