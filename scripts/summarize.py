@@ -1,6 +1,7 @@
 """Rebuild a sweep's table and plots: ``python scripts/summarize.py multirun/samples/<date_time>``."""
 
 import argparse
+import sys
 
 from vqdiffusion.eval.summary import summarize
 
@@ -8,7 +9,12 @@ from vqdiffusion.eval.summary import summarize
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folder", help="a folder holding metrics.json files (any depth)")
-    for path in summarize(parser.parse_args().folder):
+    try:
+        paths = summarize(parser.parse_args().folder)
+    except (FileNotFoundError, ValueError) as mistake:  # the user's to fix: no traceback
+        print(f"error: {mistake}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for path in paths:
         print(path)
 
 

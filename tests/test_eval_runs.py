@@ -109,6 +109,15 @@ def test_summary_table_and_plots_from_metrics_files(tmp_path):
     assert "protocol" not in rows[0]
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         summarize(tmp_path / "0" / "nothing_here")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "summarize.py"
+    nested = tmp_path / "sweeps"  # one sweep folder per sampler under a common parent
+    (nested / "maskgit").mkdir(parents=True)
+    (tmp_path / "0").rename(nested / "maskgit" / "0")
+    done = subprocess.run([sys.executable, str(script), str(nested)], capture_output=True, text=True)
+    assert done.returncode == 0 and (nested / "summary.csv").exists(), done.stderr
+    empty = subprocess.run([sys.executable, str(script), str(tmp_path / "empty")], capture_output=True, text=True)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no metrics.json"), empty.stderr
+    assert "Traceback" not in empty.stderr
 
 
 def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
