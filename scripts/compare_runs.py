@@ -25,8 +25,11 @@ def main() -> None:
     labels = args.labels or [Path(run.split("+")[0]).name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"--labels names {len(labels)} runs, {len(args.runs)} were given")
-    curves = {label: smoothed(read_series(run, args.metric), args.window) for label, run in zip(labels, args.runs)}
-    steps, table, gap = compare(curves, args.points)
+    try:
+        curves = {label: smoothed(read_series(run, args.metric), args.window) for label, run in zip(labels, args.runs)}
+        steps, table, gap = compare(curves, args.points)
+    except (FileNotFoundError, ValueError) as mistake:  # a wrong folder or metric: the user's to fix
+        parser.exit(2, f"error: {mistake}\n")
     print(f"{args.metric}, mean of the last {args.window} logged values")
     print("| step | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))

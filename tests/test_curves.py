@@ -68,3 +68,13 @@ def test_the_script_prints_the_table_and_writes_the_plot(tmp_path, monkeypatch, 
     assert "largest gap from bf16: 0.29%" in printed
     assert "samples/s: bf16 100.0 (1.00x), fp8 130.0 (1.30x)" in printed
     assert plot.stat().st_size > 1000
+
+
+def test_the_script_names_a_run_without_logs_in_one_line(tmp_path, monkeypatch, capsys):
+    _log(tmp_path / "bf16", 0, [(step, 1.0) for step in range(1, 11)], mtime=1000)
+    monkeypatch.setattr(sys, "argv", ["compare_runs.py", str(tmp_path / "bf16"), str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(ROOT / "scripts" / "compare_runs.py"), run_name="__main__")
+    assert stopped.value.code == 2
+    missing = tmp_path / "missing"
+    assert capsys.readouterr().err == f"error: no logs/*/metrics.csv under {missing}: was it trained with logger=csv?\n"
