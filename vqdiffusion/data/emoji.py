@@ -152,8 +152,15 @@ class Emoji(RobustDataset):
 
     def __init__(self, emojione_root: str = EMOJIONE_ROOT, twemoji_root: str = TWEMOJI_ROOT, split: str = "train",
                  size: int = 64, heldout_share: float = 0.1) -> None:
-        self.sets = [EmojiOne(emojione_root, split, size, heldout_share),
-                     Twemoji(twemoji_root, split, size, heldout_share)]
+        try:
+            emojione = EmojiOne(emojione_root, split, size, heldout_share)
+        except DatasetNotFoundError as missing:
+            raise missing.under("data.train.emojione_root") from None
+        try:
+            twemoji = Twemoji(twemoji_root, split, size, heldout_share)
+        except DatasetNotFoundError as missing:
+            raise missing.under("data.train.twemoji_root") from None
+        self.sets = [emojione, twemoji]
         self.offsets = [0, len(self.sets[0])]
 
     def __len__(self) -> int:

@@ -21,13 +21,19 @@ MAX_CONSECUTIVE_FAILURES = 50
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing: says where we looked, the layout, and how to prepare it."""
 
-    def __init__(self, name: str, path: Path | str, layout: str, prepare: str) -> None:
-        self.name, self.path = name, str(path)
+    def __init__(self, name: str, path: Path | str, layout: str, prepare: str,
+                 config_key: str = "data.train.root", placeholder: str | None = None) -> None:
+        self.name, self.path, self.layout, self.prepare = name, str(path), layout, prepare
+        self.placeholder = placeholder or name
         super().__init__(
             f"{name}: nothing usable at {Path(path).resolve()}\n"
             f"Expected layout:\n{layout.rstrip()}\n"
             f"Prepare it with:\n  {prepare}\n"
-            f"or point the config at it: data.train.root=/path/to/{name}")
+            f"or point the config at it: {config_key}=/path/to/{self.placeholder}")
+
+    def under(self, config_key: str) -> DatasetNotFoundError:
+        """The same error naming another config key (a dataset read as part of another)."""
+        return DatasetNotFoundError(self.name, self.path, self.layout, self.prepare, config_key, self.placeholder)
 
 
 def require_path(path: Path, name: str, layout: str, prepare: str) -> Path:
