@@ -208,6 +208,8 @@ def test_resampled_shards_stream_forever(tmp_path):
     write_shards(source, tmp_path / "shards", samples_per_shard=2, progress=False)
     stream = iter(ShardDataset(f"{tmp_path}/shards/shard-{{000000..000002}}.tar", size=16, shuffle_buffer=4))
     assert len([next(stream) for _ in range(25)]) == 25
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)make_shards\.py.*data\.train\.urls=/path/to/shards$"):
+        ShardDataset(str(tmp_path / "no_shards"), size=16)
 
 
 def test_write_shards_resumes_and_leaves_no_partial_files(tmp_path):

@@ -48,7 +48,8 @@ def expand_shards(urls: str | list[str]) -> list[str]:
             found = [u for u in found if Path(u).exists()]
     if not found:
         raise DatasetNotFoundError("webdataset shards", urls, SHARD_LAYOUT,
-                                   "python scripts/make_shards.py data=<dataset> out=<folder>")
+                                   "python scripts/make_shards.py data=<dataset> out=<folder>",
+                                   config_key="data.train.urls", placeholder="shards")
     return found
 
 
