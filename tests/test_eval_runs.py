@@ -109,15 +109,27 @@ def test_summary_table_and_plots_from_metrics_files(tmp_path):
     assert "protocol" not in rows[0]
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         summarize(tmp_path / "0" / "nothing_here")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "summarize.py"
-    nested = tmp_path / "sweeps"  # one sweep folder per sampler under a common parent
-    (nested / "maskgit").mkdir(parents=True)
-    (tmp_path / "0").rename(nested / "maskgit" / "0")
-    done = subprocess.run([sys.executable, str(script), str(nested)], capture_output=True, text=True)
-    assert done.returncode == 0 and (nested / "summary.csv").exists(), done.stderr
-    empty = subprocess.run([sys.executable, str(script), str(tmp_path / "empty")], capture_output=True, text=True)
-    assert empty.returncode == 2 and empty.stderr.startswith("error: no metrics.json"), empty.stderr
-    assert "Traceback" not in empty.stderr
+
+
+def test_summarize_py_tables_nested_sweeps_and_names_a_wrong_folder(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "summarize.py")
+    for sampler in ("ancestral", "maskgit"):  # one sweep folder per sampler under a common parent
+        (tmp_path / sampler / "0").mkdir(parents=True)
+        (tmp_path / sampler / "0" / "metrics.json").write_text(json.dumps({
+            "sampler": sampler, "num_inference_steps": 8, "guidance_scale": 2.5, "fid": 10.0}))
+    monkeypatch.setattr(sys, "argv", ["summarize.py", str(tmp_path)])
+    runpy.run_path(script, run_name="__main__")
+    with open(tmp_path / "summary.csv") as f:
+        assert sorted(row["sampler"] for row in csv.DictReader(f)) == ["ancestral", "maskgit"]
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["summarize.py", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(script, run_name="__main__")
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"error: no metrics.json under {tmp_path / 'empty'}: run sample.py with eval.metrics=[...] first\n"
 
 
 def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
