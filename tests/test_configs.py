@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -25,17 +26,26 @@ def _compose(root: Path, experiment: str):
         return compose("train", overrides=[f"experiment={experiment}"])
 
 
-def _without(body: dict, dotted: str) -> dict:
-    """A copy of ``body`` without the leaf at ``dotted`` (and without parents it leaves empty)."""
-    copy = OmegaConf.to_container(OmegaConf.create(body))
-    keys = dotted.split(".")
-    trail = [copy]
-    for key in keys[:-1]:
-        trail.append(trail[-1][key])
-    del trail[-1][keys[-1]]
-    for parent, key in zip(reversed(trail[:-1]), reversed(keys[:-1])):
-        if parent[key] == {}:
-            del parent[key]
+def _node(tree: dict, dotted: str) -> tuple[bool, object]:
+    """Whether ``tree`` holds a node at ``dotted``, and that node (unresolved)."""
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return False, None
+        tree = tree[key]
+    return True, tree
+
+
+def _with_node(tree: dict, dotted: str, found: bool, value) -> dict:
+    """A copy of ``tree`` whose node at ``dotted`` is ``value``, or absent when not ``found``."""
+    copy = deepcopy(tree)
+    *parents, last = dotted.split(".")
+    parent = copy
+    for key in parents:
+        parent = parent[key]
+    if found:
+        parent[last] = value
+    else:
+        del parent[last]
     return copy
 
 
@@ -46,13 +56,17 @@ def test_no_preset_key_repeats_what_it_overrides(preset, tmp_path):
     source = (CONFIGS / "experiment" / f"{preset}.yaml").read_text()
     body = OmegaConf.to_container(OmegaConf.create(source))
     full = _compose(CONFIGS, preset)
+    # what the preset's keys override: the same preset with its defaults (and name) alone
     root = tmp_path / "configs"
     shutil.copytree(CONFIGS, root)
-    header = "# @package _global_\n"
+    bare = {k: v for k, v in body.items() if k in ("defaults", "name")}
+    (root / "experiment" / f"{preset}.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(bare))
+    base = OmegaConf.to_container(_compose(root, preset), resolve=False)
+    composed = OmegaConf.to_container(full, resolve=False)
     redundant = []
     for leaf in _leaves({k: v for k, v in body.items() if k not in ("defaults", "name")}):
-        reduced = _without(body, leaf)
-        (root / "experiment" / f"{preset}.yaml").write_text(header + OmegaConf.to_yaml(OmegaConf.create(reduced)))
-        if OmegaConf.select(_compose(root, preset), leaf) == OmegaConf.select(full, leaf):
+        # the config composed without this one key: its node as the base has it, the rest as composed
+        without = OmegaConf.create(_with_node(composed, leaf, *_node(base, leaf)))
+        if OmegaConf.select(without, leaf) == OmegaConf.select(full, leaf):
             redundant.append(f"{leaf}: {OmegaConf.select(full, leaf)}")
     assert not redundant, f"experiment/{preset}.yaml restates {redundant}"

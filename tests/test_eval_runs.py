@@ -57,6 +57,7 @@ def test_fid_kid_and_shapes_land_in_metrics_json_and_equal_a_direct_computation(
     assert metrics["num_images"] == 12 and metrics["num_real"] == 12 and metrics["num_generated"] == 12
     assert 0.0 <= metrics["shapes_faithfulness"] <= 1.0
     assert metrics["protocol"]["reference_count"] == 12 and metrics["images_per_second"] > 0
+    assert metrics["images_per_second_steady"] > 0  # 3 batches of 4: the last two timed alone
     assert metrics["num_inference_steps"] == 3 and metrics["sampler"] == "ancestral"
 
     # the same number from the features directly (PNG pixels and the dataset's first 12 images)
@@ -92,6 +93,16 @@ def test_fid_without_a_reference_dataset_says_to_add_one(setup, tmp_path):
 def test_evaluation_errors_say_what_to_change(setup, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):
         run_sample(setup, tmp_path, *overrides)
+
+
+def test_the_steady_rate_leaves_out_the_first_batch():
+    from vqdiffusion.tasks.sampling import _rates
+
+    # a first batch that compiles (10 s), then two batches of 1 s
+    assert _rates([(4, 10.0), (4, 1.0), (4, 1.0)], world=1) == {"images_per_second": 1.0,
+                                                               "images_per_second_steady": 4.0}
+    assert _rates([(4, 2.0)], world=1) == {"images_per_second": 2.0}  # one batch: no steady rate
+    assert _rates([], world=1) == {}  # nothing left to draw (a resumed job)
 
 
 def test_summary_table_and_plots_from_metrics_files(tmp_path):

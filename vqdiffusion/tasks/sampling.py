@@ -243,13 +243,15 @@ def _draw_and_record(cfg: DictConfig, pipe: VQDiffusionPipeline, sampler: Sample
     if sampler.name == "diffusers":
         batch_size = 1  # diffusers' draws come from one generator per call
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole job below
-    start = time.perf_counter()
+    timed: list[tuple[int, float]] = []  # (images, seconds) of each batch, its PNGs written
     with tqdm(total=len(todo), desc=f"images (rank {rank})" if world > 1 else "images", unit="img") as bar:
         for batch in _batches(todo, batch_size):
+            start = time.perf_counter()
             for item, image in zip(batch, _generate(pipe, sampler, batch, cfg)):
                 save_png(image, indexed_png(out, item["index"]))  # atomic: a killed run leaves no half file
+            timed.append((len(batch), time.perf_counter() - start))
             bar.update(len(batch))
-    drawn, seconds = _all_ranks(len(todo), time.perf_counter() - start, world)
+    rate = _rates(timed, world)
     if rank == 0:
         lines = "".join(json.dumps({**item, **settings}) + "\n" for item in items)
         atomic_write_bytes(out / "samples.jsonl", lines.encode())
@@ -257,7 +259,6 @@ def _draw_and_record(cfg: DictConfig, pipe: VQDiffusionPipeline, sampler: Sample
     if cfg.get("eval") and cfg.eval.metrics:
         from ..eval.run import evaluate_folder
 
-        rate = {"images_per_second": drawn / seconds} if drawn else {}
         name = torch.cuda.get_device_name(pipe.device) if str(pipe.device).startswith("cuda") else "cpu"
         result = evaluate_folder(cfg, out, items, {
             **settings, **rate, "batch_size": batch_size, "dtype": cfg.dtype, "checkpoint": str(cfg.checkpoint),
@@ -317,6 +318,18 @@ def _speed_settings(cfg: DictConfig) -> dict:
     if unknown:
         raise ValueError(f"unknown speed options {unknown}; expected {sorted(off)}")
     return options if any(options[k] != off[k] for k in options) else {}
+
+
+def _rates(timed: list[tuple[int, float]], world: int) -> dict:
+    """``images_per_second`` of the job (every batch, all ranks) and ``images_per_second_steady``:
+    over the batches after each rank's first, which carries compiling and warm-up (absent when
+    no rank drew a second batch), the rate a longer run of the same settings keeps."""
+    drawn, seconds = _all_ranks(sum(n for n, _ in timed), sum(s for _, s in timed), world)
+    later, later_seconds = _all_ranks(sum(n for n, _ in timed[1:]), sum(s for _, s in timed[1:]), world)
+    rates = {"images_per_second": drawn / seconds} if drawn else {}
+    if later and later_seconds > 0:
+        rates["images_per_second_steady"] = later / later_seconds
+    return rates
 
 
 def _all_ranks(drawn: int, seconds: float, world: int) -> tuple[int, float]:
