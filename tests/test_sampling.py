@@ -235,7 +235,7 @@ def test_jobs_of_one_process_share_a_pipeline_built_the_same_way(checkpoint, tmp
     loads = []
     load = sampling.load_pipeline
     monkeypatch.setattr(sampling, "load_pipeline", lambda *a, **k: loads.append(a) or load(*a, **k))
-    monkeypatch.setattr(sampling, "_last_pipeline", None)
+    sampling.release_pipeline()
     args = [f"checkpoint={checkpoint}", "prompt=a red circle", "n=2"]
 
     def job(name, *more):
@@ -246,19 +246,21 @@ def test_jobs_of_one_process_share_a_pipeline_built_the_same_way(checkpoint, tmp
     assert len(loads) == 1
     job("math", "sampler.num_inference_steps=3", "speed.attention=math")
     assert len(loads) == 2
-    monkeypatch.setattr(sampling, "_last_pipeline", None)  # as a new process: loaded afresh
+    sampling.release_pipeline()  # as a new process: loaded afresh
     again = job("again", "sampler.num_inference_steps=3")
     assert len(loads) == 3
+    sampling.release_pipeline()
+    assert sampling._last_pipeline is None
     for name in ("000000.png", "000001.png"):
         assert np.array_equal(np.asarray(Image.open(three / name)), np.asarray(Image.open(again / name)))
 
 
-def test_a_changed_checkpoint_is_loaded_again(tmp_path, monkeypatch):
+def test_a_changed_checkpoint_is_loaded_again(tmp_path):
     import vqdiffusion.tasks.sampling as sampling
 
     folder = tmp_path / "pipe"
     tiny_pipeline("class").save_pretrained(folder)
-    monkeypatch.setattr(sampling, "_last_pipeline", None)
+    sampling.release_pipeline()
     args = [f"checkpoint={folder}", "class_labels=[1]", "n=2", "sampler.num_inference_steps=3"]
     first = sample(compose_sample([*args, f"output_dir={tmp_path / 'a'}"]))
     tiny_pipeline("class", seed=1).save_pretrained(folder)  # retrained in place: other weights

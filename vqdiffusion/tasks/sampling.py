@@ -32,7 +32,7 @@ from ..utils.atomic import atomic_write_bytes
 from ..utils.images import indexed_png, labelled_rows, make_grid, pad_row, save_png
 from .sample_folder import SampleFolderError, checkpoint_identity, claim_folder, fingerprint, folder_lock
 
-__all__ = ["sample", "load_pipeline", "job_items"]
+__all__ = ["sample", "load_pipeline", "job_items", "release_pipeline"]
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -147,7 +147,9 @@ def end_distributed() -> None:
 
 
 def sample(cfg: DictConfig) -> Path:
-    """Write the job's images (skipping those already there); returns the output folder.
+    """Write the job's images (skipping those already there); returns the output folder. The
+    pipeline stays loaded for the next call with the same checkpoint and settings (a sweep's
+    jobs); :func:`release_pipeline` frees it.
 
     Under ``torchrun`` each rank draws the images whose index is its rank modulo the world size;
     since image i's draws come from its own generator, the set equals a single process's.
@@ -191,6 +193,13 @@ def sample(cfg: DictConfig) -> Path:
 # run one after another in one process; those sharing a checkpoint, device, dtype, EMA choice and
 # speed settings reuse it, so a compiled model compiles once per sweep rather than once per job.
 _last_pipeline: tuple[str, VQDiffusionPipeline] | None = None
+
+
+def release_pipeline() -> None:
+    """Forget the pipeline kept for the next job, freeing its memory (for a process that samples
+    and then goes on to other work)."""
+    global _last_pipeline
+    _last_pipeline = None
 
 
 def _job_pipeline(cfg: DictConfig, device: str, speed: dict) -> VQDiffusionPipeline:
