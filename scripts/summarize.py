@@ -1,7 +1,6 @@
 """Rebuild a sweep's table and plots: ``python scripts/summarize.py multirun/samples/<date_time>``."""
 
 import argparse
-import sys
 
 from vqdiffusion.eval.summary import summarize
 
@@ -12,8 +11,7 @@ def main() -> None:
     try:
         paths = summarize(parser.parse_args().folder)
     except (FileNotFoundError, ValueError) as mistake:  # the user's to fix: no traceback
-        print(f"error: {mistake}", file=sys.stderr)
-        raise SystemExit(2) from None
+        parser.exit(2, f"error: {mistake}\n")
     for path in paths:
         print(path)
 

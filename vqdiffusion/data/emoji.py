@@ -152,15 +152,13 @@ class Emoji(RobustDataset):
 
     def __init__(self, emojione_root: str = EMOJIONE_ROOT, twemoji_root: str = TWEMOJI_ROOT, split: str = "train",
                  size: int = 64, heldout_share: float = 0.1) -> None:
-        try:
-            emojione = EmojiOne(emojione_root, split, size, heldout_share)
-        except DatasetNotFoundError as missing:
-            raise missing.under("data.train.emojione_root") from None
-        try:
-            twemoji = Twemoji(twemoji_root, split, size, heldout_share)
-        except DatasetNotFoundError as missing:
-            raise missing.under("data.train.twemoji_root") from None
-        self.sets = [emojione, twemoji]
+        self.sets = []
+        for part, root, key in ((EmojiOne, emojione_root, "data.train.emojione_root"),
+                                (Twemoji, twemoji_root, "data.train.twemoji_root")):
+            try:
+                self.sets.append(part(root, split, size, heldout_share))
+            except DatasetNotFoundError as missing:  # name this config's key for that set's root
+                raise missing.under(key) from None
         self.offsets = [0, len(self.sets[0])]
 
     def __len__(self) -> int:

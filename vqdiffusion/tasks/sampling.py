@@ -158,8 +158,9 @@ def sample(cfg: DictConfig) -> Path:
 
     rank, world, device = distributed_context(cfg.device)
     speed = _speed_settings(cfg)
+    identity = checkpoint_identity(str(cfg.checkpoint))
     # the model first: a wrong checkpoint stops the job before it creates an output folder
-    pipe = _job_pipeline(cfg, device, speed)
+    pipe = _job_pipeline(cfg, identity, device, speed)
     # and the settings every call checks, before any folder exists
     check_guidance_scale(cfg.guidance_scale)
     check_guidance_schedule(cfg.guidance_schedule)
@@ -180,7 +181,7 @@ def sample(cfg: DictConfig) -> Path:
         shared = [str(out)]
         dist.broadcast_object_list(shared, src=0)
         out = Path(shared[0])
-    expected = fingerprint(checkpoint_identity(str(cfg.checkpoint)), {
+    expected = fingerprint(identity, {
         **settings, "dtype": cfg.dtype, "device": pipe.device.type}, items)
     with folder_lock(out) if rank == 0 else contextlib.nullcontext():
         _claim(out, expected, bool(cfg.get("fresh", False)), rank, world)
@@ -202,10 +203,11 @@ def release_pipeline() -> None:
     _last_pipeline = None
 
 
-def _job_pipeline(cfg: DictConfig, device: str, speed: dict) -> VQDiffusionPipeline:
-    """The job's pipeline, loaded and optimised, or the previous job's when it was built the same way."""
+def _job_pipeline(cfg: DictConfig, identity: dict, device: str, speed: dict) -> VQDiffusionPipeline:
+    """The job's pipeline, loaded and optimised, or the previous job's when it was built the same way
+    (``identity``: :func:`checkpoint_identity` of ``cfg.checkpoint``)."""
     global _last_pipeline
-    key = json.dumps({"checkpoint": str(cfg.checkpoint), "identity": checkpoint_identity(str(cfg.checkpoint)),
+    key = json.dumps({"checkpoint": str(cfg.checkpoint), "identity": identity,
                       "device": device, "dtype": cfg.dtype, "ema": cfg.ema, "speed": speed}, sort_keys=True)
     if _last_pipeline is not None and _last_pipeline[0] == key:
         log.info("reusing the previous job's pipeline (same checkpoint, device, dtype and speed settings)")
