@@ -176,6 +176,15 @@ def test_a_bad_sampling_setting_stops_the_job_before_its_folder_exists(tmp_path,
     assert str(error.value) == message and not (tmp_path / "out").exists()
 
 
+def test_the_class_grid_shows_every_class_of_a_ten_class_job(tmp_path):
+    folder = tmp_path / "pipe"
+    tiny_pipeline("class").save_pretrained(folder)
+    out = sample(compose_sample([f"checkpoint={folder}", "class_labels=[0,1,2,3,4,5,6,7,8,9]", "n=1",
+                                 "sampler.num_inference_steps=1", f"output_dir={tmp_path / 'out'}"]))
+    tile = Image.open(out / "000000.png").size[0] + 2
+    assert Image.open(out / "grid.png").size == (tile + 2, 10 * tile + 2)  # a row for each class
+
+
 def test_class_jobs_grid_a_row_per_class_and_a_grid_file_per_class(tmp_path):
     import numpy as np
 

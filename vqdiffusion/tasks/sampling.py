@@ -280,11 +280,13 @@ def _draw_and_record(cfg: DictConfig, pipe: VQDiffusionPipeline, sampler: Sample
 
 # Per-class grids are written for class-conditional jobs of at most this many classes.
 MAX_CLASS_GRIDS = 100
+# grid.png shows a row for each of the first this many classes: every class of a 10-class set.
+GRID_CLASS_ROWS = 16
 
 
 def _write_grids(out: Path, items: list[dict], per_condition: int) -> None:
     """``grid.png``: the first 64 images, or for class-conditional jobs up to 8 images of each of
-    the first 8 classes, a row per class, and ``class_grids/class_<id>.png`` (64 images each); for
+    the first 16 classes, a row per class, and ``class_grids/class_<id>.png`` (64 images each); for
     text jobs also ``prompt_grid.png``: up to 8 images of each of the first 16 prompts, a row per
     prompt with the prompt written beside it."""
     def open_all(chosen: list[dict]) -> list[Image.Image]:
@@ -304,7 +306,7 @@ def _write_grids(out: Path, items: list[dict], per_condition: int) -> None:
         save_png(make_grid(open_all(items[:64]), columns=min(8, max(1, per_condition))), out / "grid.png")
         return
     columns = min(8, max(len(members) for members in classes.values()))
-    rows = [members[:columns] for members in list(classes.values())[:8]]
+    rows = [members[:columns] for members in list(classes.values())[:GRID_CLASS_ROWS]]
     tiles = [image for row in rows for image in pad_row(open_all(row), columns)]
     save_png(make_grid(tiles, columns=columns), out / "grid.png")
     if len(classes) <= MAX_CLASS_GRIDS:

@@ -13,6 +13,15 @@ from typing import BinaryIO
 __all__ = ["atomic_directory", "atomic_file", "atomic_write_bytes"]
 
 
+def _umask_mode(full: int) -> int:
+    """``full`` (0o666 for files, 0o777 for folders) less the process umask: the mode ``open`` or
+    ``mkdir`` would have given. ``tempfile`` creates private (0600 / 0700) entries, which would make
+    every written sample, checkpoint and pipeline unreadable to the rest of a shared group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return full & ~umask
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``target``; on success it replaces ``target``.
@@ -23,6 +32,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        staging.chmod(_umask_mode(0o777))
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -48,6 +58,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _umask_mode(0o666))
             yield f
             f.flush()
             os.fsync(f.fileno())
