@@ -92,6 +92,28 @@ def test_fid_from_cached_sums_equals_fid_from_features():
         DistributionMetrics(6).add_statistics(statistics)
 
 
+def test_sums_added_after_a_compute_count_and_raise_no_warning():
+    import warnings
+
+    generator = torch.Generator().manual_seed(3)
+    real, fake = torch.randn(40, 6, generator=generator), torch.randn(60, 6, generator=generator) + 0.3
+    first, second = (feature_statistics(torch.nn.Identity(), part.split(10), progress=False)
+                     for part in fake.split(30))
+    metrics = DistributionMetrics(6, kid=False)
+    metrics.add_statistics(feature_statistics(torch.nn.Identity(), real.split(10), progress=False))
+    metrics.add_statistics(first, real=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchmetrics' "compute before update" warning
+        half = metrics.compute()
+        metrics.add_statistics(second, real=False)
+        whole = metrics.compute()
+    reference = DistributionMetrics(6, kid=False)
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    assert whole["num_generated"] == 60 and half["num_generated"] == 30
+    assert whole["fid"] == pytest.approx(reference.compute()["fid"], rel=1e-9) and whole["fid"] != half["fid"]
+
+
 def test_the_fid_helper_backend_has_no_head_for_the_inception_score():
     with pytest.raises(ValueError, match="eval.backend=torch-fidelity"):
         load_inception_logits("fid-helper")

@@ -72,6 +72,10 @@ class DistributionMetrics(nn.Module):
         getattr(self.fid, f"{side}_features_cov_sum").add_(statistics["cov_sum"].to(device))
         getattr(self.fid, f"{side}_features_num_samples").add_(int(statistics["count"]))
         self.fid.orig_dtype = torch.float64  # what update() records of the features (compute() casts to it)
+        # What torchmetrics' update() wrapper does besides: count the update (compute() warns of "no
+        # update" otherwise) and drop a cached result, which would hide the added images.
+        self.fid._update_count += 1
+        self.fid._computed = None
 
     def counts(self) -> tuple[int, int]:
         """(real, generated) images seen on all ranks."""
