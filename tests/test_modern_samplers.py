@@ -206,3 +206,24 @@ def test_ancestral_float32_images_do_not_move():
         fixed_denoiser(torch.randn(K, N, generator=torch.Generator().manual_seed(5))), MASK_ONLY,
         torch.full((2, N), K), num_inference_steps=5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+def test_the_pipeline_gives_first_hitting_a_call_per_token_beyond_the_schedules_steps():
+    """16 tokens under an 8-step schedule: the pipeline allows first-hitting's 16 calls (one reveal
+    each) and no 17th; the time-grid samplers stay bounded by the schedule's 8 steps."""
+    from vqdiffusion import VQDiffusionPipeline
+
+    tiny = tiny_pipeline("class")
+    codes = tiny.transformer.config.num_embeds
+    schedule = NoiseSchedule(codes, ScheduleConfig.preset("mask_only", num_timesteps=8))
+    pipe = VQDiffusionPipeline(tiny.vqvae, tiny.transformer, schedule, sampler="first_hitting")
+    pipe.set_progress_bar_config(disable=True)
+    masked = []
+    tokens = pipe(class_labels=[1], num_inference_steps=16, output_type="tokens",
+                  generator=torch.Generator().manual_seed(0),
+                  callback=lambda step, t, x: masked.append(int((x == codes).sum()))).images
+    assert masked == list(range(15, -1, -1)) and not (tokens == codes).any()
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer in \[1, 16\], got 17"):
+        pipe(class_labels=[1], num_inference_steps=17)
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer in \[1, 8\], got 9"):
+        pipe(class_labels=[1], num_inference_steps=9, sampler="ancestral")

@@ -77,10 +77,11 @@ def _count(value) -> int | None:
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
 
 
-def check_counts(schedule: NoiseSchedule, num_images_per_prompt, callback_steps, num_inference_steps,
+def check_counts(most_steps: int, num_images_per_prompt, callback_steps, num_inference_steps,
                  output_type) -> tuple[int, int, int]:
-    """(num_images_per_prompt, callback_steps, num_inference_steps) as ints, each checked."""
-    steps = schedule.num_timesteps
+    """(num_images_per_prompt, callback_steps, num_inference_steps) as ints, each checked;
+    ``most_steps``: the sampler's largest step count (``Sampler.most_inference_steps``)."""
+    steps = most_steps
     per_prompt, every, count = _count(num_images_per_prompt), _count(callback_steps), _count(num_inference_steps)
     if per_prompt is None or per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")

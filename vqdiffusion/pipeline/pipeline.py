@@ -296,15 +296,16 @@ class VQDiffusionPipeline:
         """
         cfg = self.transformer.config
         prompts, groups, labels = check_condition(cfg, prompt, class_labels, batch_size)
+        if sampler is None and sampler_options:
+            sampler = self.sampler.name
+        chosen = self.sampler if sampler is None else make_sampler(sampler, **(sampler_options or {}))
         num_images_per_prompt, callback_steps, num_inference_steps = check_counts(
-            self.schedule, num_images_per_prompt, callback_steps, num_inference_steps, output_type)
+            chosen.most_inference_steps(self.schedule, cfg.height * cfg.width), num_images_per_prompt,
+            callback_steps, num_inference_steps, output_type)
         check_generator(generator)
         guidance_scale = check_guidance_scale(guidance_scale)
         guidance_schedule = check_guidance_schedule(guidance_schedule)
         truncation_rate = check_truncation_rate(truncation_rate)
-        if sampler is None and sampler_options:
-            sampler = self.sampler.name
-        chosen = self.sampler if sampler is None else make_sampler(sampler, **(sampler_options or {}))
         batch = groups * num_images_per_prompt
         guidance = guidance_scale > 1.0 and (cfg.context_dim is not None or cfg.num_classes is not None)
 

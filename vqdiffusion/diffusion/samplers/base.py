@@ -129,6 +129,11 @@ class Sampler:
         mask = torch.full_like(x_t, schedule.mask_index)
         return mask if edit is None or edit.keep_mask is None else torch.where(edit.keep_mask, edit.tokens, mask)
 
+    def most_inference_steps(self, schedule: NoiseSchedule, num_tokens: int) -> int:
+        """The largest ``num_inference_steps`` this sampler takes for ``num_tokens`` tokens an image:
+        one network call per time of the schedule's grid, T."""
+        return schedule.num_timesteps
+
     def first_time(self, schedule: NoiseSchedule, num_inference_steps: int | None, edit: EditSpec | None) -> int:
         """The paper time of the chain's first network call, the highest it makes: T, or the
         edit's start step (the respaced grid always starts there)."""

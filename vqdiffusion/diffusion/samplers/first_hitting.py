@@ -67,6 +67,10 @@ class FirstHittingSampler(Sampler):
     name = "first_hitting"
     starts_from_mask = True
 
+    def most_inference_steps(self, schedule: NoiseSchedule, num_tokens: int) -> int:
+        """A call per token: its calls follow reveals, not the schedule's T times."""
+        return num_tokens
+
     def __call__(self, log_p_x0, schedule: NoiseSchedule, x_t: torch.Tensor, num_inference_steps: int | None = None,
                  truncation_rate: float = 1.0, generator=None, callback: StepCallback | None = None,
                  callback_steps: int = 1, edit: EditSpec | None = None) -> torch.Tensor:
