@@ -81,14 +81,13 @@ def check_counts(most_steps: int, num_images_per_prompt, callback_steps, num_inf
                  output_type) -> tuple[int, int, int]:
     """(num_images_per_prompt, callback_steps, num_inference_steps) as ints, each checked;
     ``most_steps``: the sampler's largest step count (``Sampler.most_inference_steps``)."""
-    steps = most_steps
     per_prompt, every, count = _count(num_images_per_prompt), _count(callback_steps), _count(num_inference_steps)
     if per_prompt is None or per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
     if every is None or every < 1:
         raise ValueError(f"callback_steps must be a positive integer, got {callback_steps!r}")
-    if count is None or not 1 <= count <= steps:
-        raise ValueError(f"num_inference_steps must be an integer in [1, {steps}], got {num_inference_steps!r}")
+    if count is None or not 1 <= count <= most_steps:
+        raise ValueError(f"num_inference_steps must be an integer in [1, {most_steps}], got {num_inference_steps!r}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     return per_prompt, every, count
