@@ -497,3 +497,27 @@ def test_every_experiment_takes_another_dataset_whole(experiment, tmp_path):
         (tmp_path / f"{i}.txt").write_text("a caption\n")
     cfg = compose_train([f"experiment={experiment}", "data=folder", f"data.train.root={tmp_path}", "output_dir=."])
     assert len(instantiate(cfg.data.train)) == 2
+
+
+def test_lightnings_eval_mode_warning_is_silenced_for_the_frozen_tokenizer_only():
+    import warnings
+
+    from pytorch_lightning.utilities.warnings import PossibleUserWarning
+
+    from vqdiffusion.tasks.training import _frozen_in_eval_mode
+
+    def fit_warnings(module, frozen):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _frozen_in_eval_mode(module, frozen):
+                count = sum(not m.training for m in module.modules())
+                warnings.warn(f"Found {count} module(s) in eval mode at the start of training.", PossibleUserWarning,
+                              stacklevel=1)
+        return [str(w.message) for w in caught]
+
+    module = torch.nn.ModuleDict({"tokenizer": torch.nn.Sequential(torch.nn.Linear(2, 2)),
+                                  "transformer": torch.nn.Linear(2, 2)})
+    module.tokenizer.eval()
+    assert fit_warnings(module, module.tokenizer) == []
+    module.transformer.eval()  # a trained module left in eval mode is a mistake: still reported
+    assert fit_warnings(module, module.tokenizer) == ["Found 3 module(s) in eval mode at the start of training."]

@@ -8,6 +8,9 @@ import json
 import logging
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -46,6 +49,18 @@ def _is_global_zero() -> bool:
 
 def _write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, default=float) + "\n").encode())
+
+
+@contextmanager
+def _frozen_in_eval_mode(module: torch.nn.Module, frozen: torch.nn.Module) -> Iterator[None]:
+    """Fit without Lightning's "N module(s) in eval mode" warning when the modules in eval mode are
+    exactly ``frozen``'s (the tokenizer, frozen by design); any other module in eval mode still warns."""
+    frozen_ids = {id(m) for m in frozen.modules()}
+    by_design = all(id(m) in frozen_ids for m in module.modules() if not m.training)
+    with warnings.catch_warnings():
+        if by_design:
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        yield
 
 
 def _trainer(cfg: DictConfig, out: Path, stage: str, max_steps: int, val_every: int,
@@ -285,7 +300,8 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
     callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.stop_after_steps else []
     trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks)
-    trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)  # a checkpoint is data, never code
+    with _frozen_in_eval_mode(module, module.tokenizer):
+        trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)  # a checkpoint is data, never code
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:
         module.pipeline().save_pretrained(out / "pipeline")
