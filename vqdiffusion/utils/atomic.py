@@ -13,13 +13,26 @@ from typing import BinaryIO
 __all__ = ["atomic_directory", "atomic_file", "atomic_write_bytes"]
 
 
+def _umask() -> int:
+    """The process umask, read where Linux reports it; elsewhere only setting it reads it, and for
+    that instant every file another thread (a logger's, say) creates would be world-writable."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _umask_mode(full: int) -> int:
     """``full`` (0o666 for files, 0o777 for folders) less the process umask: the mode ``open`` or
     ``mkdir`` would have given. ``tempfile`` creates private (0600 / 0700) entries, which would make
     every written sample, checkpoint and pipeline unreadable to the rest of a shared group."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return full & ~umask
+    return full & ~_umask()
 
 
 @contextmanager
