@@ -33,3 +33,33 @@ def test_forward_flops_counts_the_ithq_transformer():
         + 2 * n * d * d + 4 * n * d * 4 * d
     assert flops == 36 * layer + 2 * n * d * 4096
     assert common.forward_flops("ithq", 3) == 3 * flops
+
+
+def _bench_script(name: str):
+    import sys
+
+    bench = Path(__file__).parents[1] / "bench"
+    sys.path.insert(0, str(bench))  # the scripts import common as a sibling
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.pop(0)
+
+
+def test_floors_distance_is_near_zero_for_one_distribution_and_the_squared_shift_for_a_moved_one():
+    import torch
+
+    floors = _bench_script("fid_floors")
+    draw = torch.Generator().manual_seed(0)
+    features, other = (torch.randn(1000, 8, generator=draw, dtype=torch.float64) for _ in range(2))
+    assert abs(floors.distance(features, features, kid_subset_size=1000)["fid"]) < 1e-6
+    same = floors.distance(features, other, kid_subset_size=1000)
+    assert same["fid"] < 0.1 and same["kid_subset_size"] == 1000
+    # equal covariances: FID is the squared distance of the means (here 0.5^2 in each of 8 dims)
+    moved = floors.distance(features, features + 0.5, kid_subset_size=100)
+    assert abs(moved["fid"] - 8 * 0.25) < 1e-6
+    assert moved["kid"] > 100 * abs(same["kid"]) and moved["kid"] > 3 * moved["kid_std"] > 0
+    assert moved["kid_subset_size"] == 100

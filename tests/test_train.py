@@ -381,6 +381,65 @@ def test_validation_fid_scores_the_ema_weights_as_an_evaluation_of_their_images(
     assert float(rows[-1]["fid"]) == pytest.approx(scipy_fid(reference, generated), rel=1e-4, abs=1e-6)
 
 
+def test_export_best_by_exports_the_weights_of_the_lowest_validation(tmp_path):
+    """A learning rate that overshoots after a few steps: the validation VB falls, then rises. The
+    pipeline holds the EMA weights of the lowest validation's checkpoint, not the last ones, and
+    the run records which."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    metrics = train(compose_train([
+        *TINY, "diffusion_training.max_steps=6", "diffusion_training.val_every_n_steps=1",
+        "diffusion_training.checkpoint_every_n_steps=1", "diffusion_training.ema_every=1",
+        "diffusion_training.optimizer.lr=3", "diffusion_training.lr_scheduler.warmup_steps=0",
+        "diffusion_training.export_best_by=val/vb", "logger=csv", f"output_dir={run}"]))
+    scores = [float(row["val/vb"]) for path in run.glob("logs/version_*/metrics.csv")
+              for row in csv.DictReader(path.read_text().splitlines()) if row.get("val/vb")]
+    exported = metrics["diffusion"]["exported_weights"]
+    assert len(scores) == 6 and exported["score"] == pytest.approx(min(scores)) and exported["monitor"] == "val/vb"
+    assert exported["step"] == scores.index(min(scores)) + 1 < 6  # the overshoot made a later validation worse
+    assert sorted(p.name for p in (run / "checkpoints" / "best").iterdir()) == [
+        "best.json", f"step_{exported['step']:07d}.ckpt"]
+    assert json.loads((run / "checkpoints" / "best" / "best.json").read_text())["step"] == exported["step"]
+
+    weights = load_file(next((run / "pipeline" / "transformer").glob("*.safetensors")))
+
+    def ema(checkpoint: str) -> dict[str, torch.Tensor]:
+        state = torch.load(run / "checkpoints" / checkpoint, weights_only=True)["state_dict"]
+        return {k.removeprefix("ema_transformer."): v for k, v in state.items() if k.startswith("ema_transformer.")}
+
+    best, last = ema(f"step_{exported['step']:07d}.ckpt"), ema("last.ckpt")
+    assert weights.keys() == best.keys() and all(torch.equal(weights[k], best[k]) for k in weights)
+    assert any(not torch.equal(weights[k], last[k]) for k in weights)
+    assert json.loads((run / "metrics.json").read_text())["diffusion"]["exported_weights"]["step"] == exported["step"]
+
+    # The same run in two jobs, the second in a new folder (ckpt_path=last): the first job's best
+    # still ranks, so a worse validation after the resume is not exported as the best.
+    first, second = tmp_path / "chain" / "a", tmp_path / "chain" / "b"
+    settings = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.val_every_n_steps=1",
+                "diffusion_training.checkpoint_every_n_steps=1", "diffusion_training.ema_every=1",
+                "diffusion_training.optimizer.lr=3", "diffusion_training.lr_scheduler.warmup_steps=0",
+                "diffusion_training.export_best_by=val/vb"]
+    train(compose_train([*settings, f"stop_after_steps={exported['step']}", f"output_dir={first}"]))
+    resumed = train(compose_train([*settings, "ckpt_path=last", f"output_dir={second}"]))["diffusion"]
+    assert resumed["exported_weights"]["step"] == exported["step"]
+    assert resumed["exported_weights"]["score"] == pytest.approx(exported["score"])
+    assert Path(resumed["exported_weights"]["checkpoint"]).parent == first / "checkpoints" / "best"
+    assert not list((second / "checkpoints").glob("best/*.ckpt"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["diffusion_training.export_best_by=val/loss"], r"export_best_by must be null or one of \('val/vb', 'val/fid'\)"),
+    (["diffusion_training.export_best_by=val/fid"], "needs the FID at each validation: add callbacks=fid"),
+    (["diffusion_training.export_best_by=val/fid", "callbacks=fid", "callbacks.diffusion.fid.every_n_validations=2"],
+     "scored every 2: set callbacks.diffusion.fid.every_n_validations=1"),
+])
+def test_export_best_by_refuses_what_it_cannot_rank_before_training(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train(compose_train([*TINY, *overrides, f"output_dir={tmp_path}"]))
+    assert not (tmp_path / "tokenizer").exists()  # refused before the tokenizer stage
+
+
 def test_an_update_that_poisons_the_weights_is_never_checkpointed(tmp_path, monkeypatch):
     """The weights turn NaN in the update of a checkpoint step, after its loss was checked: that
     step's checkpoint (and last.ckpt) must not be written, and the run stops naming the cause."""

@@ -16,8 +16,8 @@ from ..diffusion.samplers import Sampler
 from ..utils.atomic import atomic_write_bytes
 from ..utils.images import make_grid, save_png
 
-__all__ = ["BadSampleReport", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns", "sample_for_validation",
-           "write_step_checkpoint"]
+__all__ = ["BadSampleReport", "BestValidationCheckpoint", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns",
+           "sample_for_validation", "write_step_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,62 @@ class StopAfterSteps(pl.Callback):
         write_step_checkpoint(trainer, unless_due=True)
 
 
+class BestValidationCheckpoint(pl.callbacks.ModelCheckpoint):
+    """The checkpoint of the validation that scored lowest by ``monitor``, alone in ``dirpath``,
+    with ``best.json`` beside it (its path, step and score).
+
+    Resuming must not forget the ranking. Lightning's ModelCheckpoint reloads its scores only into
+    the same folder (``ckpt_path=last`` resumes into a new run folder), and a step checkpoint is
+    written before that step's validation, so the ranking it holds can lag one validation behind
+    (and name a best file that validation already replaced). ``best.json`` is written after each
+    new best and wins over the checkpoint's copy. The best may stay an earlier job's file, in that
+    job's folder, which is never deleted from here.
+    """
+
+    RECORD = "best.json"
+
+    def __init__(self, dirpath: str | Path, monitor: str) -> None:
+        super().__init__(dirpath=dirpath, filename="step_{step:07d}", auto_insert_metric_name=False,
+                         monitor=monitor, mode="min", save_top_k=1)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        before = self.best_model_path
+        super().on_validation_end(trainer, pl_module)
+        if self.best_model_path and self.best_model_path != before and trainer.is_global_zero:
+            record = {"checkpoint": self.best_model_path, "step": trainer.global_step, "monitor": self.monitor,
+                      "score": float(self.best_model_score)}
+            atomic_write_bytes(Path(self.dirpath) / self.RECORD, (json.dumps(record, indent=2) + "\n").encode())
+
+    def load_best_into(self, module: pl.LightningModule) -> dict:
+        """Put the best checkpoint's weights into ``module`` (its EMA weights are what a pipeline
+        exports); returns which checkpoint, its step and score."""
+        checkpoint = torch.load(self.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(checkpoint["state_dict"])
+        best = {"checkpoint": self.best_model_path, "step": checkpoint["global_step"], "monitor": self.monitor,
+                "score": float(self.best_model_score)}
+        log.info("the weights of step %d (%s %.4f, the best validation): %s", best["step"], self.monitor,
+                 best["score"], self.best_model_path)
+        return best
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        record = Path(state_dict.get("dirpath") or self.dirpath) / self.RECORD
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+        if record.is_file():
+            best = json.loads(record.read_text())
+            score = torch.tensor(best["score"])
+            self.best_k_models = {best["checkpoint"]: score}
+            self.best_model_path = self.kth_best_model_path = best["checkpoint"]
+            self.best_model_score = self.kth_value = score
+
+
 def write_step_checkpoint(trainer: pl.Trainer, unless_due: bool = False) -> None:
     """Write this step's checkpoint and ``last.ckpt`` where the checkpoint callback writes them.
 
     ``unless_due``: not when the checkpoint callback (which runs after the other callbacks) saves
     this step anyway. Nothing without a checkpoint callback (no checkpoints are kept)."""
-    checkpoint = trainer.checkpoint_callback
+    # the step checkpoints' callback: not the best validation's, whose folder holds the best alone
+    checkpoint = next((callback for callback in trainer.checkpoint_callbacks
+                       if not isinstance(callback, BestValidationCheckpoint)), None)
     if checkpoint is None or checkpoint.dirpath is None:
         return
     every = getattr(checkpoint, "_every_n_train_steps", 0)

@@ -22,7 +22,7 @@ from ..convert.diffusers_format import resolve_folder, vqvae_config_from_diffuse
 from ..convert.state_dict import load_checked
 from ..data.robust import DatasetNotFoundError
 from ..diffusion.guidance import check_guidance_scale, check_truncation_rate
-from ..lit.callbacks import StopAfterSteps, grid_columns, sample_for_validation
+from ..lit.callbacks import BestValidationCheckpoint, StopAfterSteps, grid_columns, sample_for_validation
 from ..lit.checkpoint_io import newest_valid_checkpoint
 from ..models.vqvae import VQVAE
 from ..utils.atomic import atomic_directory, atomic_write_bytes
@@ -97,6 +97,7 @@ def train(cfg: DictConfig) -> dict:
     # the validation sampler's settings, checked now rather than at the first validation
     check_guidance_scale(cfg.validation.guidance_scale)
     check_truncation_rate(cfg.validation.truncation_rate)
+    check_export_best_by(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,9 @@ def _tokenizer_folder(path: str) -> Path:
 
 # Settings of a stage's section that the stage reads itself (the trainer's length, the batch, the
 # validation and checkpoint intervals); every other key is an argument of the stage's module.
-STAGE_SETTINGS = ("max_steps", "batch_size", "val_every_n_steps", "checkpoint_every_n_steps")
+STAGE_SETTINGS = ("max_steps", "batch_size", "val_every_n_steps", "checkpoint_every_n_steps", "export_best_by")
+# What ``diffusion_training.export_best_by`` can rank validations by (lower is better for both).
+BEST_BY = ("val/vb", "val/fid")
 
 
 def stage_module(section: DictConfig, name: str, **given) -> pl.LightningModule:
@@ -299,17 +302,54 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
                           loss=instantiate(cfg.loss), seed=cfg.seed)
     load_checked(module.tokenizer, load_weights(tokenizer_folder), "tokenizer")
     callbacks = [StopAfterSteps(cfg.stop_after_steps)] if cfg.stop_after_steps else []
-    trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks)
+    best = best_validation_checkpoint(cfg, out)
+    trainer = _trainer(cfg, out, "diffusion", hp.max_steps, hp.val_every_n_steps, callbacks + ([best] if best else []))
     with _frozen_in_eval_mode(module, module.tokenizer):
         trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)  # a checkpoint is data, never code
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:
+        if best is not None and best.best_model_path:
+            result["exported_weights"] = best.load_best_into(module)
         module.pipeline().save_pretrained(out / "pipeline")
         # Lightning's teardown moved the module to the CPU: sample on the training device (a GPU
         # is an order of magnitude faster for the final images)
         module.to(trainer.strategy.root_device)
         result.update(final_evaluation(cfg, module, datamodule, out))
     return result
+
+
+def best_validation_checkpoint(cfg: DictConfig, out: Path) -> BestValidationCheckpoint | None:
+    """With ``diffusion_training.export_best_by`` set, a checkpoint of the weights at the validation
+    that scored lowest by it, kept in ``checkpoints/best/`` (apart from the step checkpoints, so that
+    ``ckpt_path=last`` never resumes from it); None when unset or under ``fast_dev_run``."""
+    metric = cfg.diffusion_training.get("export_best_by")
+    if metric is None or cfg.trainer.fast_dev_run:
+        return None
+    return BestValidationCheckpoint(out / "checkpoints" / "best", metric)
+
+
+def check_export_best_by(cfg: DictConfig) -> None:
+    """``diffusion_training.export_best_by`` names a metric logged at every validation: ``val/vb``
+    always is; ``val/fid`` needs a ValidationFID callback that scores every validation (Lightning
+    would otherwise rank a later validation by the FID an earlier one logged)."""
+    from ..lit.validation_fid import ValidationFID
+
+    metric = cfg.diffusion_training.get("export_best_by")
+    if metric is None:
+        return
+    if metric not in BEST_BY:
+        raise ValueError(f"diffusion_training.export_best_by must be null or one of {BEST_BY}, got {metric!r}")
+    if metric != "val/fid":
+        return
+    specs = ((cfg.get("callbacks") or {}).get("diffusion") or {}).values()
+    scored = [spec for spec in specs if issubclass(get_class(spec._target_), ValidationFID)]
+    if not scored:
+        raise ValueError("diffusion_training.export_best_by=val/fid needs the FID at each validation: "
+                         "add callbacks=fid")
+    every = scored[0].get("every_n_validations", 1)
+    if every != 1:
+        raise ValueError(f"diffusion_training.export_best_by=val/fid needs the FID at every validation, but it is "
+                         f"scored every {every}: set callbacks.diffusion.fid.every_n_validations=1")
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
