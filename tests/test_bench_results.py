@@ -54,10 +54,10 @@ def test_floors_distance_is_near_zero_for_one_distribution_and_the_squared_shift
 
     floors = _bench_script("fid_floors")
     draw = torch.Generator().manual_seed(0)
-    features, other = (torch.randn(1000, 8, generator=draw, dtype=torch.float64) for _ in range(2))
-    assert abs(floors.distance(features, features, kid_subset_size=1000)["fid"]) < 1e-6
-    same = floors.distance(features, other, kid_subset_size=1000)
-    assert same["fid"] < 0.1 and same["kid_subset_size"] == 1000
+    features, other = (torch.randn(500, 8, generator=draw, dtype=torch.float64) for _ in range(2))
+    assert abs(floors.distance(features, features, kid_subset_size=100)["fid"]) < 1e-6
+    same = floors.distance(features, other, kid_subset_size=1000)  # capped at the 500 features
+    assert same["fid"] < 0.25 and same["kid_subset_size"] == 500
     # equal covariances: FID is the squared distance of the means (here 0.5^2 in each of 8 dims)
     moved = floors.distance(features, features + 0.5, kid_subset_size=100)
     assert abs(moved["fid"] - 8 * 0.25) < 1e-6
