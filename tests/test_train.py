@@ -440,6 +440,39 @@ def test_export_best_by_refuses_what_it_cannot_rank_before_training(overrides, m
     assert not (tmp_path / "tokenizer").exists()  # refused before the tokenizer stage
 
 
+def test_validation_prompts_from_val_draws_the_grids_from_held_out_captions(tmp_path, monkeypatch):
+    """Emoji's held-out split is by emoji: every caption of the validation grids and the final grid
+    comes from it under validation.prompts_from=val, none from training (train by default)."""
+    from vqdiffusion.conditions import TextCondition
+
+    asked: list[str] = []
+    original = TextCondition.validation_call
+
+    def recording(self, dataset, prompts, num_images, num_classes):
+        inputs, prompts = original(self, dataset, prompts, num_images, num_classes)
+        asked.extend(prompts)
+        return inputs, prompts
+
+    monkeypatch.setattr(TextCondition, "validation_call", recording)
+    cfg = compose_train(["experiment=emoji_gpu", *TINY, *EXPERIMENT_DATA["emoji_gpu"](tmp_path / "data"),
+                         "validation.prompts_from=val", f"output_dir={tmp_path / 'run'}"])
+    train(cfg)
+    from hydra.utils import instantiate
+
+    held_out, training = (set(instantiate(cfg.data[split]).all_captions()) for split in ("val", "train"))
+    assert asked and set(asked) <= held_out and not set(asked) & training
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["validation.prompts_from=test"], "a data split is 'train' or 'val', got 'test'"),
+    (["validation.prompts_from=val", "data.val=null"], r"no validation split \(data.val is null\)"),
+])
+def test_validation_prompts_from_refuses_a_split_it_cannot_draw_before_training(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train(compose_train([*TINY, *overrides, f"output_dir={tmp_path}"]))
+    assert not (tmp_path / "tokenizer").exists()
+
+
 def test_an_update_that_poisons_the_weights_is_never_checkpointed(tmp_path, monkeypatch):
     """The weights turn NaN in the update of a checkpoint step, after its loss was checked: that
     step's checkpoint (and last.ckpt) must not be written, and the run stops naming the cause."""

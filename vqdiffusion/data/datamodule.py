@@ -72,6 +72,14 @@ class DataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_batch_size = val_batch_size or batch_size
 
+    def split(self, name: str) -> Dataset:
+        """The ``train`` or ``val`` dataset by name (what validation grids draw their prompts from)."""
+        if name not in ("train", "val"):
+            raise ValueError(f"a data split is 'train' or 'val', got {name!r}")
+        if name == "val" and self.val_set is None:
+            raise ValueError("this data config has no validation split (data.val is null): draw from 'train'")
+        return self.train_set if name == "train" else self.val_set
+
     def train_dataloader(self) -> DataLoader:
         if isinstance(self.train_set, IterableDataset):
             # Streams (webdataset) order themselves per rank and worker; they resume approximately.

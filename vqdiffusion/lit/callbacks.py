@@ -24,12 +24,15 @@ log = logging.getLogger(__name__)
 
 class SampleGrid(pl.Callback):
     """At each validation, sample fixed prompts with the EMA weights, save a grid, and log the
-    dataset's faithfulness score (``val/faithfulness``) when the dataset defines ``score``."""
+    dataset's faithfulness score (``val/faithfulness``) when the dataset defines ``score``.
+    Without ``prompts``, the captions come from the ``prompts_from`` split (``train`` or ``val``:
+    held-out captions show whether the model generalises)."""
 
     def __init__(self, folder: str | Path, prompts: list[str] | None, num_images: int, guidance_scale: float,
-                 truncation_rate: float, sampler: Sampler | str, num_inference_steps: int, seed: int = 0) -> None:
+                 truncation_rate: float, sampler: Sampler | str, num_inference_steps: int, seed: int = 0,
+                 prompts_from: str = "train") -> None:
         self.folder = Path(folder)
-        self.prompts, self.num_images = prompts, num_images
+        self.prompts, self.num_images, self.prompts_from = prompts, num_images, prompts_from
         self.kwargs = dict(guidance_scale=guidance_scale, truncation_rate=truncation_rate, sampler=sampler,
                            num_inference_steps=num_inference_steps)
         self.seed = seed
@@ -37,7 +40,7 @@ class SampleGrid(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        dataset = trainer.datamodule.train_set
+        dataset = trainer.datamodule.split(self.prompts_from)
         images, prompts = sample_for_validation(module, dataset, self.prompts, self.num_images, self.seed,
                                                 **self.kwargs)
         grid = make_grid(images, columns=grid_columns(module), scale=2)

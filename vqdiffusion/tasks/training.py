@@ -104,6 +104,7 @@ def train(cfg: DictConfig) -> dict:
     if _is_global_zero():  # under DDP every rank runs this function; one writes the run's files
         atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     datamodule = build_datamodule(cfg)
+    datamodule.split(cfg.validation.prompts_from)  # a bad value or a missing split stops the run before it trains
     metrics: dict = {"name": cfg.name, "stage": cfg.stage}
     start = time.perf_counter()
 
@@ -385,7 +386,7 @@ def _in_a_sweep() -> bool:
 
 def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
     """A grid of the validation prompts and, for datasets with a scorer, the faithfulness."""
-    dataset = datamodule.train_set
+    dataset = datamodule.split(cfg.validation.prompts_from)
     images, prompts = sample_for_validation(
         module, dataset, cfg.validation.prompts, cfg.final_num_images, seed=1234,
         guidance_scale=cfg.validation.guidance_scale, truncation_rate=cfg.validation.truncation_rate,
