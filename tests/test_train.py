@@ -387,12 +387,14 @@ def test_export_best_by_exports_the_weights_of_the_lowest_validation(tmp_path):
     the run records which."""
     from safetensors.torch import load_file
 
+    from vqdiffusion.lit.callbacks import BestValidationCheckpoint
+
     run = tmp_path / "run"
-    metrics = train(compose_train([
-        *TINY, "diffusion_training.max_steps=6", "diffusion_training.val_every_n_steps=1",
-        "diffusion_training.checkpoint_every_n_steps=1", "diffusion_training.ema_every=1",
-        "diffusion_training.optimizer.lr=3", "diffusion_training.lr_scheduler.warmup_steps=0",
-        "diffusion_training.export_best_by=val/vb", "logger=csv", f"output_dir={run}"]))
+    settings = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.val_every_n_steps=1",
+                "diffusion_training.checkpoint_every_n_steps=1", "diffusion_training.ema_every=1",
+                "diffusion_training.optimizer.lr=3", "diffusion_training.lr_scheduler.warmup_steps=0",
+                "diffusion_training.export_best_by=val/vb"]
+    metrics = train(compose_train([*settings, "logger=csv", f"output_dir={run}"]))
     scores = [float(row["val/vb"]) for path in run.glob("logs/version_*/metrics.csv")
               for row in csv.DictReader(path.read_text().splitlines()) if row.get("val/vb")]
     exported = metrics["diffusion"]["exported_weights"]
@@ -413,19 +415,32 @@ def test_export_best_by_exports_the_weights_of_the_lowest_validation(tmp_path):
     assert any(not torch.equal(weights[k], last[k]) for k in weights)
     assert json.loads((run / "metrics.json").read_text())["diffusion"]["exported_weights"]["step"] == exported["step"]
 
-    # The same run in two jobs, the second in a new folder (ckpt_path=last): the first job's best
-    # still ranks, so a worse validation after the resume is not exported as the best.
-    first, second = tmp_path / "chain" / "a", tmp_path / "chain" / "b"
-    settings = [*TINY, "diffusion_training.max_steps=6", "diffusion_training.val_every_n_steps=1",
-                "diffusion_training.checkpoint_every_n_steps=1", "diffusion_training.ema_every=1",
-                "diffusion_training.optimizer.lr=3", "diffusion_training.lr_scheduler.warmup_steps=0",
-                "diffusion_training.export_best_by=val/vb"]
-    train(compose_train([*settings, f"stop_after_steps={exported['step']}", f"output_dir={first}"]))
-    resumed = train(compose_train([*settings, "ckpt_path=last", f"output_dir={second}"]))["diffusion"]
-    assert resumed["exported_weights"]["step"] == exported["step"]
-    assert resumed["exported_weights"]["score"] == pytest.approx(exported["score"])
-    assert Path(resumed["exported_weights"]["checkpoint"]).parent == first / "checkpoints" / "best"
-    assert not list((second / "checkpoints").glob("best/*.ckpt"))
+    # Resumed into a new folder from the best step's checkpoint, written before that step's
+    # validation (its own copy of the ranking lags: best.json does not), the first job's best still
+    # ranks, so the worse validation after the resume is not exported as the best.
+    step_file = run / "checkpoints" / f"step_{exported['step']:07d}.ckpt"
+    resumed = train(compose_train([*settings, f"ckpt_path={step_file}", f"output_dir={tmp_path / 'b'}"]))
+    resumed = resumed["diffusion"]["exported_weights"]
+    assert resumed["step"] == exported["step"] and resumed["score"] == pytest.approx(exported["score"])
+    assert Path(resumed["checkpoint"]).parent == run / "checkpoints" / "best"
+    assert not list((tmp_path / "b" / "checkpoints").glob("best/*.ckpt"))
+    # Resumed from a step before that best: another branch, which ranks its own validations from
+    # there (the first job's later best is not its own).
+    earlier = run / "checkpoints" / f"step_{exported['step'] - 1:07d}.ckpt"
+    branch = train(compose_train([*settings, f"ckpt_path={earlier}", f"output_dir={tmp_path / 'branch'}"]))
+    branch = branch["diffusion"]["exported_weights"]
+    assert Path(branch["checkpoint"]).parent == tmp_path / "branch" / "checkpoints" / "best"
+    assert branch["step"] == exported["step"] and branch["score"] == pytest.approx(exported["score"])
+    # A best file deleted since (an earlier job's folder): the module keeps its last weights, and
+    # the record says so.
+    callback = BestValidationCheckpoint(tmp_path / "elsewhere", "val/vb")
+    callback.best_model_path, callback.best_model_score = str(tmp_path / "gone.ckpt"), torch.tensor(6.5)
+    module = torch.nn.Linear(2, 2)
+    before = [p.clone() for p in module.parameters()]
+    gone = callback.load_best_into(module)
+    assert gone == {"weights": "last", "best_checkpoint_missing": str(tmp_path / "gone.ckpt"), "monitor": "val/vb",
+                    "score": 6.5}
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
 @pytest.mark.parametrize("overrides, message", [

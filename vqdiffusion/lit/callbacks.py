@@ -164,8 +164,9 @@ class BestValidationCheckpoint(pl.callbacks.ModelCheckpoint):
     the same folder (``ckpt_path=last`` resumes into a new run folder), and a step checkpoint is
     written before that step's validation, so the ranking it holds can lag one validation behind
     (and name a best file that validation already replaced). ``best.json`` is written after each
-    new best and wins over the checkpoint's copy. The best may stay an earlier job's file, in that
-    job's folder, which is never deleted from here.
+    new best and wins over the checkpoint's copy, unless it names a step after the one resumed (a
+    resume from an earlier checkpoint starts another branch). The best may stay an earlier job's
+    file, in that job's folder, which is never deleted from here.
     """
 
     RECORD = "best.json"
@@ -173,6 +174,7 @@ class BestValidationCheckpoint(pl.callbacks.ModelCheckpoint):
     def __init__(self, dirpath: str | Path, monitor: str) -> None:
         super().__init__(dirpath=dirpath, filename="step_{step:07d}", auto_insert_metric_name=False,
                          monitor=monitor, mode="min", save_top_k=1)
+        self._resumed_record: dict | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         before = self.best_model_path
@@ -184,20 +186,31 @@ class BestValidationCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def load_best_into(self, module: pl.LightningModule) -> dict:
         """Put the best checkpoint's weights into ``module`` (its EMA weights are what a pipeline
-        exports); returns which checkpoint, its step and score."""
-        checkpoint = torch.load(self.best_model_path, map_location="cpu", weights_only=True)
+        exports); returns which checkpoint, its step and score. Where that file is gone (an earlier
+        job's folder, moved or deleted since) the module keeps its last weights, and the returned
+        record says so rather than fail the export at the end of a run."""
+        path = self.best_model_path
+        if not Path(path).is_file():
+            log.warning("the best validation's checkpoint %s is gone: exporting the last weights", path)
+            return {"weights": "last", "best_checkpoint_missing": path, "monitor": self.monitor,
+                    "score": float(self.best_model_score)}
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
-        best = {"checkpoint": self.best_model_path, "step": checkpoint["global_step"], "monitor": self.monitor,
+        best = {"weights": "best", "checkpoint": path, "step": checkpoint["global_step"], "monitor": self.monitor,
                 "score": float(self.best_model_score)}
         log.info("the weights of step %d (%s %.4f, the best validation): %s", best["step"], self.monitor,
-                 best["score"], self.best_model_path)
+                 best["score"], path)
         return best
 
     def load_state_dict(self, state_dict: dict) -> None:
         record = Path(state_dict.get("dirpath") or self.dirpath) / self.RECORD
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
-        if record.is_file():
-            best = json.loads(record.read_text())
+        self._resumed_record = json.loads(record.read_text()) if record.is_file() else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        best, self._resumed_record = self._resumed_record, None
+        if best is not None and best["step"] <= trainer.global_step:  # the step resumed is known only now
             score = torch.tensor(best["score"])
             self.best_k_models = {best["checkpoint"]: score}
             self.best_model_path = self.kth_best_model_path = best["checkpoint"]
