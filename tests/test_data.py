@@ -322,6 +322,13 @@ def test_twemoji_captions_tones_as_emojione_and_both_sets_split_alike(tmp_path):
     assert [both[i]["caption"] for i in range(len(both))] == [
         part[i]["caption"] for part in both.sets for i in range(len(part))]
     assert set(both.all_captions()) == set(both.sets[0].all_captions()) | set(every[1].all_captions())
+    # keywords: EmojiOne's words for a name go with both drawings of it; the names stay captions
+    worded = Emoji(str(gem), str(root), "train", size=32, heldout_share=0.5, keywords=True)
+    plain = Emoji(str(gem), str(root), "train", size=32, heldout_share=0.5)
+    shared = {name for _, name, _ in worded.sets[0].items} & {name for _, name, _ in worded.sets[1].items}
+    assert shared and all(words == ["happy", "test"] for _, name, words in worded.sets[1].items if name in shared)
+    assert set(plain.all_captions()) < set(worded.all_captions())
+    assert {f"{name}, happy, test" for name in shared} <= set(worded.all_captions())
     with pytest.raises(DatasetNotFoundError, match="npm install --prefix data/twemoji"):
         Twemoji(str(tmp_path / "nothing"))
     # each error names the key that sets that path: data=twemoji's root, data=emoji's two roots

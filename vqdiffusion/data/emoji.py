@@ -148,10 +148,12 @@ class Emoji(RobustDataset):
     Args:
         emojione_root, twemoji_root: the two sets' folders (see :class:`EmojiOne`, :class:`Twemoji`).
         split, size, heldout_share: as for either set (one hash decides both splits).
+        keywords: on half of the visits, append up to three of EmojiOne's keywords to the name, for
+            the Twemoji drawing of the same caption too (Twemoji has no keywords of its own).
     """
 
     def __init__(self, emojione_root: str = EMOJIONE_ROOT, twemoji_root: str = TWEMOJI_ROOT, split: str = "train",
-                 size: int = 64, heldout_share: float = 0.1) -> None:
+                 size: int = 64, heldout_share: float = 0.1, keywords: bool = False) -> None:
         self.sets = []
         for part, root, key in ((EmojiOne, emojione_root, "data.train.emojione_root"),
                                 (Twemoji, twemoji_root, "data.train.twemoji_root")):
@@ -159,6 +161,11 @@ class Emoji(RobustDataset):
                 self.sets.append(part(root, split, size, heldout_share))
             except DatasetNotFoundError as missing:  # name this config's key for that set's root
                 raise missing.under(key) from None
+        if keywords:
+            emojione, twemoji = self.sets
+            by_caption = {name: words for _, name, words in emojione.items}
+            twemoji.items = [(path, name, by_caption.get(name, [])) for path, name, _ in twemoji.items]
+            emojione.keywords = twemoji.keywords = True
         self.offsets = [0, len(self.sets[0])]
 
     def __len__(self) -> int:
