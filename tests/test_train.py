@@ -441,6 +441,8 @@ def test_export_best_by_exports_the_weights_of_the_lowest_validation(tmp_path):
     assert gone == {"weights": "last", "best_checkpoint_missing": str(tmp_path / "gone.ckpt"), "monitor": "val/vb",
                     "score": 6.5}
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    unranked = BestValidationCheckpoint(tmp_path / "elsewhere", "val/vb")  # stopped before its first validation
+    assert unranked.load_best_into(module) == {"weights": "last", "monitor": "val/vb", "score": None}
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -186,10 +186,12 @@ class BestValidationCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def load_best_into(self, module: pl.LightningModule) -> dict:
         """Put the best checkpoint's weights into ``module`` (its EMA weights are what a pipeline
-        exports); returns which checkpoint, its step and score. Where that file is gone (an earlier
-        job's folder, moved or deleted since) the module keeps its last weights, and the returned
-        record says so rather than fail the export at the end of a run."""
+        exports); returns which checkpoint, its step and score. Before any validation, or where that
+        file is gone (an earlier job's folder, moved or deleted since), the module keeps its last
+        weights, and the returned record says so rather than fail the export at the end of a run."""
         path = self.best_model_path
+        if not path:
+            return {"weights": "last", "monitor": self.monitor, "score": None}  # no validation ranked yet
         if not Path(path).is_file():
             log.warning("the best validation's checkpoint %s is gone: exporting the last weights", path)
             return {"weights": "last", "best_checkpoint_missing": path, "monitor": self.monitor,

@@ -309,7 +309,7 @@ def train_diffusion(cfg: DictConfig, datamodule, out: Path, tokenizer_folder: Pa
         trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)  # a checkpoint is data, never code
     result = {"steps": trainer.global_step, "train_loss": float(trainer.callback_metrics.get("train/loss", "nan"))}
     if trainer.is_global_zero:
-        if best is not None and best.best_model_path:
+        if best is not None:
             result["exported_weights"] = best.load_best_into(module)
         module.pipeline().save_pretrained(out / "pipeline")
         # Lightning's teardown moved the module to the CPU: sample on the training device (a GPU
