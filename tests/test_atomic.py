@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from vqdiffusion.utils.atomic import atomic_directory, atomic_file, atomic_write_bytes
+from vqdiffusion.utils.atomic import atomic_directory, atomic_file, atomic_write_bytes, atomic_write_json
 
 
 @pytest.fixture
@@ -51,3 +51,10 @@ def test_a_finished_folder_replaces_the_old_one_whole(tmp_path):
         (staging / "fresh.txt").write_text("fresh")
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["fresh.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_json_is_written_indented_with_a_final_newline_and_the_given_dumps_options(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {"b": 1, "a": [2]}, sort_keys=True)
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+    atomic_write_json(tmp_path / "a.json", {"x": 0.5j}, default=str)
+    assert (tmp_path / "a.json").read_text() == '{\n  "x": "0.5j"\n}\n'

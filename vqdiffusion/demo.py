@@ -9,7 +9,6 @@ so the images are texture, not content; ``python train.py experiment=quickstart`
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from .pipeline import VQDiffusionPipeline
 from .tiny import tiny_pipeline
-from .utils.atomic import atomic_write_bytes
+from .utils.atomic import atomic_write_json
 from .utils.images import make_grid, save_png
 
 PROMPTS = ["a red circle", "a blue square left of a yellow triangle", "a green triangle", "a white circle"]
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary["runs"].append({"sampler": sampler, "steps": steps, "images": len(images),
                                 "seconds": round(seconds, 3), "grid": str(grid_path)})
         print(f"{sampler:>9} {steps:>3} steps: {len(images)} images in {seconds:.2f} s -> {grid_path}")
-    atomic_write_bytes(args.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_json(args.out / "summary.json", summary)
     return summary
 
 

@@ -13,7 +13,6 @@ settings).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from ..utils.atomic import atomic_write_bytes
+from ..utils.atomic import atomic_write_json
 from ..utils.images import indexed_png
 from .distribution import DistributionMetrics, cache_key, cached_features, extract_features, feature_statistics
 from .features import load_feature_extractor
@@ -90,7 +89,7 @@ def evaluate_folder(cfg: DictConfig, out: Path, items: list[dict], extra: dict |
     if "class_accuracy" in wanted or "classifier_is" in wanted:
         result.update(_classifier_metrics(cfg, out, items, device, rank, world, wanted))
     if rank == 0:
-        atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_json(out / "metrics.json", result)
     return result
 
 

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..diffusion.samplers import Sampler
-from ..utils.atomic import atomic_write_bytes
+from ..utils.atomic import atomic_write_json
 from ..utils.images import make_grid, save_png
 
 __all__ = ["BadSampleReport", "BestValidationCheckpoint", "SampleGrid", "StopAfterSteps", "Throughput", "grid_columns",
@@ -127,7 +127,7 @@ class Throughput(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, module) -> None:
         result = self.summary(trainer.world_size)
         if result and trainer.is_global_zero and self.path is not None:
-            atomic_write_bytes(self.path, (json.dumps(result, indent=2) + "\n").encode())
+            atomic_write_json(self.path, result)
             log.info("throughput: %.1f samples/s (%.1f ms/step, %d rank(s))", result["samples_per_second"],
                      1e3 * result["step_seconds"], result["world_size"])
 
@@ -182,7 +182,7 @@ class BestValidationCheckpoint(pl.callbacks.ModelCheckpoint):
         if self.best_model_path and self.best_model_path != before and trainer.is_global_zero:
             record = {"checkpoint": self.best_model_path, "step": trainer.global_step, "monitor": self.monitor,
                       "score": float(self.best_model_score)}
-            atomic_write_bytes(Path(self.dirpath) / self.RECORD, (json.dumps(record, indent=2) + "\n").encode())
+            atomic_write_json(Path(self.dirpath) / self.RECORD, record)
 
     def load_best_into(self, module: pl.LightningModule) -> dict:
         """Put the best checkpoint's weights into ``module`` (its EMA weights are what a pipeline

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..utils.atomic import atomic_write_bytes
+from ..utils.atomic import atomic_write_json
 
 __all__ = ["FINGERPRINT", "SampleFolderError", "checkpoint_identity", "claim_folder", "folder_lock"]
 
@@ -89,7 +89,7 @@ def claim_folder(folder: Path, expected: dict, fresh: bool = False) -> int:
         raise SampleFolderError(
             f"{folder} holds {len(unrecorded)} images but no {FINGERPRINT}, so nothing says how they were "
             f"drawn: write to another output_dir, or pass fresh=true to delete them and start again")
-    atomic_write_bytes(path, (json.dumps(expected, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(path, expected, sort_keys=True)
     return cleared
 
 

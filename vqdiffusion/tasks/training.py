@@ -25,7 +25,7 @@ from ..diffusion.guidance import check_guidance_scale, check_truncation_rate
 from ..lit.callbacks import BestValidationCheckpoint, StopAfterSteps, grid_columns, sample_for_validation
 from ..lit.checkpoint_io import newest_valid_checkpoint
 from ..models.vqvae import VQVAE
-from ..utils.atomic import atomic_directory, atomic_write_bytes
+from ..utils.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from ..utils.finite import non_finite_tensors
 from ..utils.images import make_grid, save_png, signed_to_pil
 
@@ -45,10 +45,6 @@ def _is_global_zero() -> bool:
     from pytorch_lightning.utilities import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=float) + "\n").encode())
 
 
 @contextmanager
@@ -126,7 +122,7 @@ def train(cfg: DictConfig) -> dict:
         metrics["diffusion"] = train_diffusion(cfg, datamodule, out, tokenizer_folder, resume)
     metrics["wall_seconds"] = time.perf_counter() - start
     if _is_global_zero():
-        _write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "metrics.json", metrics, default=float)
         if (out / "pipeline").is_dir():
             write_card(cfg, out / "pipeline", metrics)
     log.info("run folder: %s", out)
@@ -250,7 +246,7 @@ def train_tokenizer(cfg: DictConfig, datamodule, out: Path) -> dict:
             if example is not None:
                 grid = signed_to_pil(example)
                 save_png(make_grid(grid, columns=8, scale=2), staging / "reconstructions.png")
-            _write_json(staging / "metrics.json", metrics)
+            atomic_write_json(staging / "metrics.json", metrics, default=float)
     # The other ranks go on to the diffusion stage, which reads this folder: wait until it is written.
     trainer.strategy.barrier("tokenizer_export")
     return metrics
@@ -333,8 +329,6 @@ def check_export_best_by(cfg: DictConfig) -> None:
     """``diffusion_training.export_best_by`` names a metric logged at every validation: ``val/vb``
     always is; ``val/fid`` needs a ValidationFID callback that scores every validation (Lightning
     would otherwise rank a later validation by the FID an earlier one logged)."""
-    from ..lit.validation_fid import ValidationFID
-
     metric = cfg.diffusion_training.get("export_best_by")
     if metric is None:
         return
@@ -342,6 +336,8 @@ def check_export_best_by(cfg: DictConfig) -> None:
         raise ValueError(f"diffusion_training.export_best_by must be null or one of {BEST_BY}, got {metric!r}")
     if metric != "val/fid":
         return
+    from ..lit.validation_fid import ValidationFID
+
     specs = ((cfg.get("callbacks") or {}).get("diffusion") or {}).values()
     scored = [spec for spec in specs if issubclass(get_class(spec._target_), ValidationFID)]
     if not scored:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_directory", "atomic_file", "atomic_write_bytes"]
+__all__ = ["atomic_directory", "atomic_file", "atomic_write_bytes", "atomic_write_json"]
 
 
 def _umask() -> int:
@@ -86,3 +87,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     with atomic_file(path) as f:
         f.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike, data, **dumps) -> None:
+    """``data`` as indented JSON with a final newline, written atomically; ``dumps``: more
+    ``json.dumps`` arguments (``sort_keys``, ``default``)."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, **dumps) + "\n").encode())
