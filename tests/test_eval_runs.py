@@ -80,6 +80,16 @@ def test_fid_kid_and_shapes_land_in_metrics_json_and_equal_a_direct_computation(
     assert json.loads((again / "metrics.json").read_text())["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
 
 
+def test_another_reference_split_is_not_read_from_the_cache(setup, tmp_path):
+    # the same data config name and split key, other images: the cached reference must not be reused
+    first, _ = run_sample(setup, tmp_path / "a", "eval.metrics=[fid]", "eval.reference_count=8")
+    other, _ = run_sample(setup, tmp_path / "b", "eval.metrics=[fid]", "eval.reference_count=8", "data.val.seed=7")
+    first, other = (json.loads((out / "metrics.json").read_text()) for out in (first, other))
+    assert first["protocol"]["reference_cache"] != other["protocol"]["reference_cache"]
+    assert (first["protocol"]["reference_data"]["seed"], other["protocol"]["reference_data"]["seed"]) == (1, 7)
+    assert first["fid"] != pytest.approx(other["fid"])
+
+
 def test_fid_without_a_reference_dataset_says_to_add_one(setup, tmp_path):
     with pytest.raises(ValueError, match="add data=<name>"):
         run_sample(setup, tmp_path, "eval.metrics=[fid]", data=())

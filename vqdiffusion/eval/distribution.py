@@ -10,7 +10,9 @@ reference's feature sums instead (O(D^2) whatever the count: the full ImageNet t
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -116,6 +118,14 @@ def cache_key(**fields) -> str:
     """A file-name-safe key, e.g. ``dataset=fashion_mnist-split=test-resolution=28-count=5000-backend=fid-helper``."""
     text = "-".join(f"{name}={value}" for name, value in fields.items())
     return re.sub(r"[^A-Za-z0-9=._-]+", "_", text)
+
+
+def config_digest(config: dict) -> str:
+    """12 hex digits of a resolved config. The reference split's config (class, files, split, size)
+    enters the cache key: ``data.val.split=test`` and ``split=val`` of the same data config are
+    different images, and must not share a cached reference."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _features_per_batch(extractor: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str,

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from ..utils.atomic import atomic_write_json
 from ..utils.images import indexed_png
-from .distribution import DistributionMetrics, cache_key, cached_features, extract_features, feature_statistics
+from .distribution import (
+    DistributionMetrics,
+    cache_key,
+    cached_features,
+    config_digest,
+    extract_features,
+    feature_statistics,
+)
 from .features import load_feature_extractor
 
 log = logging.getLogger(__name__)
@@ -142,8 +149,10 @@ def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: i
     extractor = load_feature_extractor(ev.backend)
     # KID needs the reference features; FID alone needs only their sums (constant size on disk)
     kind = "features" if kid else "statistics"
+    data_config = OmegaConf.to_container(cfg.data[ev.reference_split], resolve=True)
     key = cache_key(dataset=type(dataset).__name__, split=ev.reference_split, resolution=f"{resolution[0]}x"
-                    f"{resolution[1]}", count=count, backend=Path(ev.backend).name)
+                    f"{resolution[1]}", count=count, backend=Path(ev.backend).name,
+                    config=config_digest(data_config))
     cache = Path(ev.cache_dir).expanduser() / (f"{key}.pt" if kid else f"{key}-statistics.pt")
     if rank == 0:  # the reference is computed (or read) once, by rank 0, and enters its states only
         compute = extract_features if kid else feature_statistics
@@ -161,8 +170,8 @@ def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: i
     metrics.update(generated.to(device), real=False)
     values = metrics.compute()  # torchmetrics gathers every rank's states here
     values["protocol"] = {"reference": f"{type(dataset).__name__} {ev.reference_split}", "reference_count": count,
-                          "reference_resolution": list(resolution), "backend": ev.backend,
-                          "reference_cache": str(cache)}
+                          "reference_resolution": list(resolution), "reference_data": data_config,
+                          "backend": ev.backend, "reference_cache": str(cache)}
     return values
 
 
