@@ -90,6 +90,21 @@ def test_another_reference_split_is_not_read_from_the_cache(setup, tmp_path):
     assert first["fid"] != pytest.approx(other["fid"])
 
 
+def test_another_extractor_under_the_same_file_name_is_not_read_from_the_cache(setup, tmp_path):
+    scores = []
+    for seed in (0, 1):
+        extractor = PooledConv()
+        extractor.conv.weight.data += seed
+        (tmp_path / str(seed)).mkdir()
+        torch.jit.script(extractor).save(str(tmp_path / str(seed) / "extractor.pt"))
+        out, _ = run_sample(setup, tmp_path / f"out{seed}", "eval.metrics=[fid]", "eval.reference_count=8",
+                            f"eval.backend={tmp_path / str(seed) / 'extractor.pt'}",
+                            f"eval.cache_dir={tmp_path / 'cache'}")
+        scores.append(json.loads((out / "metrics.json").read_text()))
+    assert scores[0]["protocol"]["reference_cache"] != scores[1]["protocol"]["reference_cache"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
 def test_fid_without_a_reference_dataset_says_to_add_one(setup, tmp_path):
     with pytest.raises(ValueError, match="add data=<name>"):
         run_sample(setup, tmp_path, "eval.metrics=[fid]", data=())

@@ -11,6 +11,7 @@ Backends (``load_feature_extractor``):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -107,6 +108,18 @@ def load_inception_logits(backend: str) -> nn.Module:
         "(the fid-helper TorchScript ends at the 2048 pool features): use eval.backend=torch-fidelity (downloads "
         "its weights once), or, for class-conditional data, eval.metrics=[classifier_is] with "
         "eval.classifier=<file from scripts/train_classifier.py>")
+
+
+def backend_key(backend: str) -> str:
+    """A name for ``backend`` in cache keys: the named backends as they are, a file by its name and
+    a digest of its bytes (two extractors saved under the same file name are different features)."""
+    if backend in ("fid-helper", "torch-fidelity"):
+        return backend
+    digest = hashlib.sha256()
+    with open(backend, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"{Path(backend).name}-{digest.hexdigest()[:12]}"
 
 
 def load_feature_extractor(backend: str) -> nn.Module:

@@ -31,7 +31,7 @@ from .distribution import (
     extract_features,
     feature_statistics,
 )
-from .features import load_feature_extractor
+from .features import backend_key, load_feature_extractor
 
 log = logging.getLogger(__name__)
 METRICS = ("fid", "kid", "is", "clip", "shapes", "class_accuracy", "classifier_is")
@@ -151,7 +151,7 @@ def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: i
     kind = "features" if kid else "statistics"
     data_config = OmegaConf.to_container(cfg.data[ev.reference_split], resolve=True)
     key = cache_key(dataset=type(dataset).__name__, split=ev.reference_split, resolution=f"{resolution[0]}x"
-                    f"{resolution[1]}", count=count, backend=Path(ev.backend).name,
+                    f"{resolution[1]}", count=count, backend=backend_key(ev.backend),
                     config=config_digest(data_config))
     cache = Path(ev.cache_dir).expanduser() / (f"{key}.pt" if kid else f"{key}-statistics.pt")
     if rank == 0:  # the reference is computed (or read) once, by rank 0, and enters its states only
