@@ -207,6 +207,17 @@ def test_a_guidance_sweep_plots_fid_against_class_accuracy(tmp_path):
     assert "fid_vs_class_accuracy.png" in names and "class_accuracy_vs_steps.png" not in names
 
 
+def test_samplers_at_one_guidance_scale_each_are_not_joined_into_a_guidance_curve(tmp_path):
+    from vqdiffusion.eval.summary import summarize
+
+    for job, (sampler, scale) in enumerate([("ancestral", 2.0), ("maskgit", 2.5)]):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "metrics.json").write_text(json.dumps(
+            {"sampler": sampler, "num_inference_steps": 16, "guidance_scale": scale, "fid": 5.0 + job,
+             "class_accuracy": 0.99}))
+    assert "fid_vs_class_accuracy.png" not in {f.name for f in summarize(tmp_path)}
+
+
 def test_inception_score_of_a_sample_folder_uses_the_backends_head(tmp_path, monkeypatch):
     """eval.metrics=[is]: logits of every PNG from the backend's classifier head, IS over them."""
     import vqdiffusion.eval.features as features

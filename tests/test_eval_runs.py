@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_eval import scipy_fid
 
-from vqdiffusion.eval.run import dataset_batches
+from vqdiffusion.eval.run import dataset_batches, reference_label
 from vqdiffusion.eval.summary import summarize
 from vqdiffusion.tasks import sample
 from vqdiffusion.tiny import tiny_pipeline
@@ -88,6 +88,12 @@ def test_another_reference_split_is_not_read_from_the_cache(setup, tmp_path):
     assert first["protocol"]["reference_cache"] != other["protocol"]["reference_cache"]
     assert (first["protocol"]["reference_data"]["seed"], other["protocol"]["reference_data"]["seed"]) == (1, 7)
     assert first["fid"] != pytest.approx(other["fid"])
+
+
+def test_the_reference_label_names_the_images_not_only_the_config_key():
+    assert reference_label("MNIST", "val", {"split": "test", "size": 32}) == "MNIST test (data.val)"
+    assert reference_label("MNIST", "val", {"split": "val"}) == "MNIST val"
+    assert reference_label("Shapes", "val", {"seed": 1}) == "Shapes val"
 
 
 def test_another_extractor_under_the_same_file_name_is_not_read_from_the_cache(setup, tmp_path):
@@ -182,8 +188,8 @@ def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
                                                 "float64_draws=False order=halton temperature=4.5"]
     from vqdiffusion.eval.summary import _variant
 
-    assert [_variant(r, rows) for r in rows] == ["maskgit float64_draws=False order=confidence temperature=4.5",
-                                                 "maskgit float64_draws=False order=halton temperature=4.5"]
+    # the plots' lines name the option that differs, not those the runs share
+    assert [_variant(r, rows) for r in rows] == ["maskgit order=confidence", "maskgit order=halton"]
     assert _variant({"sampler": "ancestral"}, [{"sampler": "ancestral"}]) == "ancestral"
 
 

@@ -169,10 +169,19 @@ def _distribution(cfg: DictConfig, out: Path, items: list[dict], device, rank: i
             metrics.add_statistics(reference)
     metrics.update(generated.to(device), real=False)
     values = metrics.compute()  # torchmetrics gathers every rank's states here
-    values["protocol"] = {"reference": f"{type(dataset).__name__} {ev.reference_split}", "reference_count": count,
+    values["protocol"] = {"reference": reference_label(type(dataset).__name__, ev.reference_split, data_config),
+                          "reference_count": count,
                           "reference_resolution": list(resolution), "reference_data": data_config,
                           "backend": ev.backend, "reference_cache": str(cache)}
     return values
+
+
+def reference_label(dataset: str, split_key: str, data_config: dict) -> str:
+    """``MNIST val``, or ``MNIST test (data.val)`` where the config's own ``split`` names other images."""
+    split = data_config.get("split")
+    if isinstance(split, str) and split != split_key:
+        return f"{dataset} {split} (data.{split_key})"
+    return f"{dataset} {split_key}"
 
 
 @torch.no_grad()

@@ -60,12 +60,17 @@ def summarize(folder: str | Path) -> list[Path]:
 
 
 def _variant(row: dict, rows: list[dict]) -> str:
-    """The sampler's name, with its options when another run of the same sampler used others, and
-    the guidance schedule when the runs used several."""
+    """The sampler's name, with those of its options that another run of the same sampler set
+    otherwise, and the guidance schedule when the runs used several."""
     name = str(row.get("sampler", ""))
-    options = {r.get("sampler_options") for r in rows if r.get("sampler") == row.get("sampler")}
-    if len(options) > 1 and row.get("sampler_options"):
-        name = f"{name} {row['sampler_options']}"
+    def options(r: dict) -> list[str]:
+        return str(r.get("sampler_options") or "").split()
+
+    shared = set(options(row)).intersection(*[options(r) for r in rows if r.get("sampler") == row.get("sampler")])
+    differing = [o for o in options(row) if o not in shared]
+    if differing:
+        name = f"{name} {' '.join(differing)}"
+
     def schedule(r: dict) -> str:
         return r.get("guidance_schedule") or "constant"  # runs record it only when not constant
 
@@ -102,32 +107,39 @@ def _plots(folder: Path, rows: list[dict]) -> list[Path]:
         the order of that setting (e.g. the guidance scale) and labelled with it."""
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         keys = sorted({r.get(group) for r in rows}, key=str) if group else [None]
+        drawn = 0
         for key in keys:
             chosen = [r for r in rows if x in r and y in r and (group is None or r.get(group) == key)]
             chosen.sort(key=lambda r: (r.get(along, 0), r[x]) if along else (r[x], r[y]))
+            if along and len({r.get(along) for r in chosen}) < 2:
+                continue  # a line along a setting needs two values of it
             if chosen:
+                drawn += 1
                 ax.plot([r[x] for r in chosen], [r[y] for r in chosen], marker="o",
-                        label=(key if group == "variant" else f"{group}={key}") if group else None)
+                        label=str(key) if group else None)
             for r in chosen if along else []:
                 ax.annotate(f"{r.get(along):g}", (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel(y.replace("_", " "))
         if x == "num_inference_steps":
             ax.set_xscale("log")
-        if group and len(keys) > 1:
-            ax.legend(fontsize=8)
+        if group and drawn > 1:  # beside the axes: long sampler names would hide the points
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(folder / name)
+        if drawn:
+            fig.savefig(folder / name, bbox_inches="tight")
+            written.append(folder / name)
         plt.close(fig)
-        written.append(folder / name)
 
     if len({r.get("num_inference_steps") for r in rows}) > 1:
         for metric in (m for m in QUALITY if all(m in r for r in rows)):
             plot("num_inference_steps", metric, f"{metric}_vs_steps.png", "variant")
-    if len({r.get("guidance_scale") for r in rows}) > 1:
-        for fidelity in (m for m in FIDELITY if m != quality and all(m in r for r in rows)):
-            plot(fidelity, quality, f"{quality}_vs_{fidelity}.png", None, along="guidance_scale")
+    # across guidance scales: one line per sampler and step count, so that settings are not joined
+    for r in rows:
+        steps = r.get("num_inference_steps")
+        r["setting"] = r["variant"] if steps is None else f"{r['variant']}, {steps} steps"
+    for fidelity in (m for m in FIDELITY if m != quality and all(m in r for r in rows)):
+        plot(fidelity, quality, f"{quality}_vs_{fidelity}.png", "setting", along="guidance_scale")
     # the steady rate where every run has one: a sweep's first job also compiles, the others reuse it
     speed = next((c for c in ("images_per_second_steady", "images_per_second") if all(c in r for r in rows)), None)
     if speed:
