@@ -119,6 +119,20 @@ def test_every_sampler_option_builds_its_sampler(option):
     sampler = compose_train([f"sampler={option}"]).sampler
     assert isinstance(instantiate(sampler.algorithm), Sampler)
     assert sampler.num_inference_steps >= 1
+    assert sampler.guidance_schedule in ("constant", "linear") and 0 < sampler.truncation_rate <= 1
+
+
+def compose_sample(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("sample", overrides=["checkpoint=x", *overrides])
+
+
+def test_sample_py_guides_and_truncates_as_its_sampler_says_unless_told_otherwise():
+    ancestral, maskgit = (compose_sample([f"sampler={name}"]) for name in ("ancestral", "maskgit"))
+    assert (ancestral.guidance_schedule, ancestral.truncation_rate) == ("constant", 1.0)
+    assert (maskgit.guidance_schedule, maskgit.truncation_rate) == ("linear", 0.9)
+    told = compose_sample(["sampler=maskgit", "guidance_schedule=constant", "truncation_rate=0.5"])
+    assert (told.guidance_schedule, told.truncation_rate) == ("constant", 0.5)
 
 
 @pytest.mark.parametrize("option", options("lr_scheduler"))

@@ -181,6 +181,7 @@ def test_runs_that_differ_only_in_sampler_options_stay_apart(setup, tmp_path):
         recorded = json.loads((tmp_path / order / "metrics.json").read_text())
         assert recorded["sampler"] == "maskgit"
         assert recorded["sampler_options"] == f"float64_draws=False order={order} temperature=4.5"
+        assert (recorded["guidance_schedule"], recorded["truncation_rate"]) == ("linear", 0.9)  # maskgit's own
     summarize(tmp_path)
     with open(tmp_path / "summary.csv") as f:
         rows = list(csv.DictReader(f))
