@@ -63,6 +63,7 @@ def _variant(row: dict, rows: list[dict]) -> str:
     """The sampler's name, with those of its options that another run of the same sampler set
     otherwise, and the guidance schedule when the runs used several."""
     name = str(row.get("sampler", ""))
+
     def options(r: dict) -> list[str]:
         return str(r.get("sampler_options") or "").split()
 
