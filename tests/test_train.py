@@ -147,13 +147,37 @@ def test_coco_debug_fdr_reaches_the_missing_data_message(tmp_path):
         train(cfg)
 
 
-@pytest.mark.parametrize("setting", ["validation.guidance_scale=-2", "validation.truncation_rate=1.5"])
+@pytest.mark.parametrize("setting", ["validation.guidance_scale=-2", "validation.truncation_rate=1.5",
+                                     "validation.guidance_schedule=cosine"])
 def test_a_bad_validation_setting_stops_the_run_before_it_trains(tmp_path, setting):
     cfg = compose_train(["experiment=quickstart", *TINY, setting, f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(ValueError, match=r"(guidance_scale must be a finite number >= 0, got -2"
-                                         r"|truncation_rate must be in \(0, 1\], got 1.5)"):
+                                         r"|truncation_rate must be in \(0, 1\], got 1.5"
+                                         r"|guidance_schedule must be one of .*, got 'cosine')"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_validation_samples_with_the_samplers_guidance_schedule_and_the_experiments_truncation(tmp_path,
+                                                                                              monkeypatch):
+    from vqdiffusion import VQDiffusionPipeline
+
+    calls: list[dict] = []
+    original = VQDiffusionPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        calls.append({k: kwargs.get(k) for k in ("sampler", "guidance_schedule", "truncation_rate")})
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VQDiffusionPipeline, "__call__", recording)
+    # the quickstart sets its own truncation (0.6); maskgit brings its linear guidance schedule
+    cfg = compose_train(["experiment=quickstart", *TINY, "sampler=maskgit", f"output_dir={tmp_path}"])
+    train(cfg)
+    assert calls and all(c["guidance_schedule"] == "linear" and c["truncation_rate"] == 0.6 for c in calls)
+    assert all(c["sampler"].name == "maskgit" for c in calls)
+    assert "guidance_schedule='linear'" in (tmp_path / "pipeline" / "README.md").read_text()
+    plain = compose_train(["experiment=emoji_gpu", "sampler=maskgit"]).validation  # no truncation of its own
+    assert (plain.guidance_schedule, plain.truncation_rate) == ("linear", 0.9)
 
 
 def test_coco_without_data_stops_with_the_layout_and_the_fix(tmp_path):

@@ -30,11 +30,11 @@ class SampleGrid(pl.Callback):
 
     def __init__(self, folder: str | Path, prompts: list[str] | None, num_images: int, guidance_scale: float,
                  truncation_rate: float, sampler: Sampler | str, num_inference_steps: int, seed: int = 0,
-                 prompts_from: str = "train") -> None:
+                 prompts_from: str = "train", guidance_schedule: str = "constant") -> None:
         self.folder = Path(folder)
         self.prompts, self.num_images, self.prompts_from = prompts, num_images, prompts_from
-        self.kwargs = dict(guidance_scale=guidance_scale, truncation_rate=truncation_rate, sampler=sampler,
-                           num_inference_steps=num_inference_steps)
+        self.kwargs = dict(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                           truncation_rate=truncation_rate, sampler=sampler, num_inference_steps=num_inference_steps)
         self.seed = seed
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:

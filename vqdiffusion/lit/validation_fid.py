@@ -41,7 +41,7 @@ class ValidationFID(pl.Callback):
         backend: the feature extractor: ``fid-helper``, ``torch-fidelity`` or a TorchScript path
             (as ``eval.backend``).
         reference_count: reference images (null: as many as generated, capped by the set).
-        sampler, num_inference_steps, guidance_scale, truncation_rate: the sampling settings.
+        sampler, num_inference_steps, guidance_scale, guidance_schedule, truncation_rate: the sampling settings.
         batch_size: images per pipeline call.
         seed: the images drawn are the same at every validation (only the weights change).
     """
@@ -49,14 +49,14 @@ class ValidationFID(pl.Callback):
     def __init__(self, num_images: int = 1000, backend: str = "fid-helper", reference_count: int | None = None,
                  sampler: Sampler | str = "ancestral", num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  truncation_rate: float = 1.0, batch_size: int = 64, seed: int = 0, every_n_validations: int = 1,
-                 path: str | Path | None = None) -> None:
+                 path: str | Path | None = None, guidance_schedule: str = "constant") -> None:
         for name, value in (("num_images", num_images), ("batch_size", batch_size),
                             ("every_n_validations", every_n_validations)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.num_images, self.backend, self.reference_count = num_images, backend, reference_count
         self.sampling = dict(sampler=sampler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                             truncation_rate=truncation_rate)
+                             guidance_schedule=guidance_schedule, truncation_rate=truncation_rate)
         self.batch_size, self.seed, self.every = batch_size, seed, every_n_validations
         self.path = Path(path) if path else None
         self.validations, self.rows = 0, []

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..convert.diffusers_format import resolve_folder, vqvae_config_from_diffusers
 from ..convert.state_dict import load_checked
 from ..data.robust import DatasetNotFoundError
-from ..diffusion.guidance import check_guidance_scale, check_truncation_rate
+from ..diffusion.guidance import check_guidance_scale, check_guidance_schedule, check_truncation_rate
 from ..lit.callbacks import BestValidationCheckpoint, StopAfterSteps, grid_columns, sample_for_validation
 from ..lit.checkpoint_io import newest_valid_checkpoint
 from ..models.vqvae import VQVAE
@@ -92,6 +92,7 @@ def train(cfg: DictConfig) -> dict:
         raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
     # the validation sampler's settings, checked now rather than at the first validation
     check_guidance_scale(cfg.validation.guidance_scale)
+    check_guidance_schedule(cfg.validation.guidance_schedule)
     check_truncation_rate(cfg.validation.truncation_rate)
     check_export_best_by(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -148,6 +149,8 @@ def write_card(cfg: DictConfig, folder: Path, metrics: dict) -> None:
     sampler = {"sampler": instantiate(cfg.sampler.algorithm).name,
                "num_inference_steps": cfg.sampler.num_inference_steps,
                "guidance_scale": cfg.validation.guidance_scale, "truncation_rate": cfg.validation.truncation_rate}
+    if cfg.validation.guidance_schedule != "constant":  # the call's default; named only when it differs
+        sampler["guidance_schedule"] = cfg.validation.guidance_schedule
     write_model_card(folder, training_data=f"{name} ({', '.join(f'{k}={v}' for k, v in data.items())})",
                      base_model=cfg.tokenizer_checkpoint if cfg.stage == "diffusion" else None,
                      sampler=sampler, metrics=metrics.get("diffusion"))
@@ -385,8 +388,9 @@ def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
     dataset = datamodule.split(cfg.validation.prompts_from)
     images, prompts = sample_for_validation(
         module, dataset, cfg.validation.prompts, cfg.final_num_images, seed=1234,
-        guidance_scale=cfg.validation.guidance_scale, truncation_rate=cfg.validation.truncation_rate,
-        sampler=instantiate(cfg.sampler.algorithm), num_inference_steps=cfg.sampler.num_inference_steps)
+        guidance_scale=cfg.validation.guidance_scale, guidance_schedule=cfg.validation.guidance_schedule,
+        truncation_rate=cfg.validation.truncation_rate, sampler=instantiate(cfg.sampler.algorithm),
+        num_inference_steps=cfg.sampler.num_inference_steps)
     save_png(make_grid(images, columns=grid_columns(module), scale=2), out / "final_grid.png")
     result = {"final_grid": str(out / "final_grid.png"), "final_images": len(images)}
     if prompts is not None and hasattr(dataset, "score"):
