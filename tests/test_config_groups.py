@@ -133,6 +133,9 @@ def test_sample_py_guides_and_truncates_as_its_sampler_says_unless_told_otherwis
     assert (maskgit.guidance_schedule, maskgit.truncation_rate) == ("linear", 0.9)
     told = compose_sample(["sampler=maskgit", "guidance_schedule=constant", "truncation_rate=0.5"])
     assert (told.guidance_schedule, told.truncation_rate) == ("constant", 0.5)
+    # a sampler file of one's own without the pair samples as the Python call does
+    bare = compose_sample(["~sampler.guidance_schedule", "~sampler.truncation_rate"])
+    assert (bare.guidance_schedule, bare.truncation_rate) == ("constant", 1.0)
 
 
 @pytest.mark.parametrize("option", options("lr_scheduler"))
