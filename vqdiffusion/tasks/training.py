@@ -140,17 +140,22 @@ def _adopt_tokenizer(source: Path, folder: Path) -> dict:
     return json.loads(recorded.read_text()) if recorded.exists() else {}
 
 
+def validation_sampling(cfg: DictConfig) -> dict:
+    """The pipeline-call settings of the run's own samples (the final grid, and the model card's
+    example call); the validation callbacks take the same keys from the config."""
+    return {"num_inference_steps": cfg.sampler.num_inference_steps, "guidance_scale": cfg.validation.guidance_scale,
+            "guidance_schedule": cfg.validation.guidance_schedule, "truncation_rate": cfg.validation.truncation_rate}
+
+
 def write_card(cfg: DictConfig, folder: Path, metrics: dict) -> None:
     """The exported pipeline's model card with what the run knows: data, sampler settings, metrics."""
     from ..convert.model_card import write_model_card
 
     data = OmegaConf.to_container(cfg.data.train, resolve=True)
     name = data.pop("_target_").rsplit(".", 1)[-1]
-    sampler = {"sampler": instantiate(cfg.sampler.algorithm).name,
-               "num_inference_steps": cfg.sampler.num_inference_steps,
-               "guidance_scale": cfg.validation.guidance_scale, "truncation_rate": cfg.validation.truncation_rate}
-    if cfg.validation.guidance_schedule != "constant":  # the call's default; named only when it differs
-        sampler["guidance_schedule"] = cfg.validation.guidance_schedule
+    sampler = {"sampler": instantiate(cfg.sampler.algorithm).name, **validation_sampling(cfg)}
+    if sampler["guidance_schedule"] == "constant":  # the call's default; named only when it differs
+        del sampler["guidance_schedule"]
     write_model_card(folder, training_data=f"{name} ({', '.join(f'{k}={v}' for k, v in data.items())})",
                      base_model=cfg.tokenizer_checkpoint if cfg.stage == "diffusion" else None,
                      sampler=sampler, metrics=metrics.get("diffusion"))
@@ -388,9 +393,7 @@ def final_evaluation(cfg: DictConfig, module, datamodule, out: Path) -> dict:
     dataset = datamodule.split(cfg.validation.prompts_from)
     images, prompts = sample_for_validation(
         module, dataset, cfg.validation.prompts, cfg.final_num_images, seed=1234,
-        guidance_scale=cfg.validation.guidance_scale, guidance_schedule=cfg.validation.guidance_schedule,
-        truncation_rate=cfg.validation.truncation_rate, sampler=instantiate(cfg.sampler.algorithm),
-        num_inference_steps=cfg.sampler.num_inference_steps)
+        sampler=instantiate(cfg.sampler.algorithm), **validation_sampling(cfg))
     save_png(make_grid(images, columns=grid_columns(module), scale=2), out / "final_grid.png")
     result = {"final_grid": str(out / "final_grid.png"), "final_images": len(images)}
     if prompts is not None and hasattr(dataset, "score"):
