@@ -57,6 +57,9 @@ VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
     "bf16-fused-cudnn": (BF16, {**FAST, "attention": "cudnn"}),
     "bf16-fused-flash": (BF16, {**FAST, "attention": "flash"}),
     "bf16-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True}),
+    # the MLP's GELU2 in its first matmul's epilogue (a Triton matmul instead of cuBLAS's)
+    "bf16-compiled-act": (BF16, {**FAST, "fuse_activation": True, "attention": "cudnn", "compile": True}),
+    "bf16-graphs-act": (BF16, {**FAST, "fuse_activation": True, "attention": "cudnn", "compile": "reduce-overhead"}),
     "bf16-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead"}),
     "bf16-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs"}),  # slow compile
     "fp8-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True}),

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops.mlp_activation import linear_gelu2, linear_gelu2_available
+
 __all__ = ["TransformerConfig", "VQDiffusionTransformer", "ACTIVATIONS"]
 
 ACTIVATIONS = ("geglu", "geglu-approximate", "gelu", "gelu-approximate")
@@ -203,8 +205,11 @@ class GatedOrPlainProjection(nn.Module):
         self.activation = activation
         gated = activation == "geglu"
         self.proj = nn.Linear(dim, inner * 2 if gated else inner)
+        self.fused_kernel = False  # GELU2 in the matmul's epilogue (CUDA, Triton): fuse_activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_kernel and linear_gelu2_available(x, self.proj):
+            return linear_gelu2(x, self.proj.weight, self.proj.bias)
         x = self.proj(x)
         if self.activation == "geglu":
             x, gate = x.chunk(2, dim=-1)
@@ -317,6 +322,18 @@ class VQDiffusionTransformer(nn.Module):
         for block in self.transformer_blocks:
             block.attn1.fuse_qkv()
         return self
+
+    def fuse_activation(self) -> int:
+        """The MLPs' GELU2 computed inside their first matmul (one Triton kernel, CUDA bf16/fp16;
+        elsewhere, and for FP8 linears, the unfused path serves). Returns how many MLPs take it:
+        none for the other activations. For inference: the kernel has no backward, so the model is frozen."""
+        self.eval().requires_grad_(False)
+        fused = 0
+        for block in self.transformer_blocks:
+            projection = block.ff.net[0]
+            projection.fused_kernel = projection.activation == "geglu-approximate"
+            fused += projection.fused_kernel
+        return fused
 
     def tabulate_modulation(self) -> VQDiffusionTransformer:
         """Every AdaLN's scale and shift per timestep computed once (inference; see

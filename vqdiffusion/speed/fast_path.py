@@ -30,6 +30,7 @@ class SpeedSettings:
     """What :meth:`FastPath.optimize` turned on."""
 
     fuse_qkv: bool = False
+    fuse_activation: bool = False
     cache_context: bool = False
     cache_modulation: bool = False
     attention: str = "auto"
@@ -50,14 +51,16 @@ class FastPath:
         self.network: Callable = transformer
         self.decode: Callable = decode
 
-    def optimize(self, *, fuse_qkv: bool = True, cache_context: bool = True, cache_modulation: bool = True,
-                 attention: str = "auto",
+    def optimize(self, *, fuse_qkv: bool = True, fuse_activation: bool = False, cache_context: bool = True,
+                 cache_modulation: bool = True, attention: str = "auto",
                  fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False,
                  compile_scope: str = "model") -> None:
         """Inference speed-ups, in place (the transformer is for sampling afterwards).
 
         Args:
             fuse_qkv: one matmul for each self-attention's q, k and v.
+            fuse_activation: the MLPs' GELU2 inside their first matmul (a Triton kernel on CUDA
+                bf16/fp16 pipelines; an FP8 MLP keeps its own matmul).
             cache_context: cross-attention keys and values computed once per call, not per step.
             cache_modulation: each AdaLN's scale and shift computed once per timestep, not per step
                 (models without classes: :meth:`~vqdiffusion.models.VQDiffusionTransformer.tabulate_modulation`).
@@ -96,6 +99,8 @@ class FastPath:
         self.transformer.eval().requires_grad_(False)
         if fuse_qkv:
             self.transformer.fuse_qkv()
+        if fuse_activation:
+            self.transformer.fuse_activation()
         if cache_modulation:
             self.transformer.tabulate_modulation()
         converted = self.settings.fp8
@@ -109,7 +114,7 @@ class FastPath:
         # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
         # large share of a whole call; compiled, they fuse and the convolutions go channels-last
         self.decode = self.decode_eager if mode is None else compile_fast(self.decode_eager, mode)
-        self.settings = SpeedSettings(fuse_qkv=fuse_qkv, cache_context=cache_context,
+        self.settings = SpeedSettings(fuse_qkv=fuse_qkv, fuse_activation=fuse_activation, cache_context=cache_context,
                                       cache_modulation=cache_modulation or self.settings.cache_modulation,
                                       attention=attention,
                                       fp8=fp8 or converted,
