@@ -71,11 +71,11 @@ _INTERPRETED_KERNEL = """
 import torch
 from vqdiffusion.ops import mlp_activation as ops
 torch.manual_seed(0)
-for rows, inner, outer, bias in ((70, 48, 96, True), (64, 64, 64, False), (33, 40, 50, True)):
+for rows, inner, outer, bias in ((70, 48, 96, True), (64, 64, 64, False), (33, 40, 50, True), (40, 24, 36, False)):
     x, linear = torch.randn(rows, inner), torch.nn.Linear(inner, outer, bias=bias)
     out = torch.full((rows, outer), float("nan"))
     ops.launch(x, linear.weight.detach(), None if linear.bias is None else linear.bias.detach(), out,
-               kernel=ops._linear_gelu2_kernel, block_m=32, block_n=32, block_k=16, group_m=2)
+               kernel=ops._depth_checked, block_m=32, block_n=32, block_k=16, group_m=2)
     h = linear(x).detach().double()
     expected = h * torch.sigmoid(1.702 * h)
     error = (out.double() - expected).abs().max().item()
@@ -85,9 +85,9 @@ print("ok")
 
 
 def test_gelu2_matmul_kernel_in_triton_interpreter_matches_linear_then_gelu2():
-    """The kernel's tiling (edge tiles in every dimension, the grouped tile order, the bias and the
-    epilogue) run by Triton's interpreter on the CPU in float32; needs Triton, which CPU torch
-    wheels lack (the GPU test below covers bf16 on the device)."""
+    """The kernel's tiling (edge tiles in every dimension, depths a multiple of the tile or not, the
+    grouped tile order, the bias and the epilogue) run by Triton's interpreter on the CPU in float32;
+    needs Triton, which CPU torch wheels lack (the GPU test below covers bf16 on the device)."""
     import os
     import subprocess
     import sys

@@ -44,7 +44,7 @@ if triton is not None:
     @triton.jit
     def _linear_gelu2_kernel(x, w, b, y, m, n, k, stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
                              has_bias: tl.constexpr, block_m: tl.constexpr, block_n: tl.constexpr,
-                             block_k: tl.constexpr, group_m: tl.constexpr):
+                             block_k: tl.constexpr, group_m: tl.constexpr, even_k: tl.constexpr):
         # tiles visited in groups of group_m row tiles, so the W tiles a group reads stay in L2
         pid = tl.program_id(0)
         tiles_n = tl.cdiv(n, block_n)
@@ -61,9 +61,13 @@ if triton is not None:
         w_tile = w + cols[None, :] * stride_wn + ks[:, None] * stride_wk  # (block_k, block_n): W^T
         acc = tl.zeros((block_m, block_n), dtype=tl.float32)
         for step in range(0, tl.cdiv(k, block_k)):
-            left = k - step * block_k
-            a = tl.load(x_tile, mask=(rows[:, None] < m) & (ks[None, :] < left), other=0.0)
-            bt = tl.load(w_tile, mask=(ks[:, None] < left) & (cols[None, :] < n), other=0.0)
+            if even_k:  # no depth mask: plain vectorised loads in the inner loop
+                a = tl.load(x_tile, mask=rows[:, None] < m, other=0.0)
+                bt = tl.load(w_tile, mask=cols[None, :] < n, other=0.0)
+            else:
+                left = k - step * block_k
+                a = tl.load(x_tile, mask=(rows[:, None] < m) & (ks[None, :] < left), other=0.0)
+                bt = tl.load(w_tile, mask=(ks[:, None] < left) & (cols[None, :] < n), other=0.0)
             acc = tl.dot(a, bt, acc)
             x_tile += block_k * stride_xk
             w_tile += block_k * stride_wk
@@ -82,12 +86,13 @@ if triton is not None:
         triton.Config({"block_m": 64, "block_n": 256, "block_k": 64, "group_m": 8}, num_warps=4, num_stages=4),
         triton.Config({"block_m": 64, "block_n": 128, "block_k": 64, "group_m": 8}, num_warps=4, num_stages=4),
     ]
-    _tuned_kernel = triton.autotune(configs=_CONFIGS, key=["m", "n", "k"])(_linear_gelu2_kernel)
+    _depth_checked = triton.heuristics({"even_k": lambda args: args["k"] % args["block_k"] == 0})(_linear_gelu2_kernel)
+    _tuned_kernel = triton.autotune(configs=_CONFIGS, key=["m", "n", "k"])(_depth_checked)
 
     def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
                kernel=None, **tiles) -> None:
-        """Run the kernel on x (M, in) into out (M, out): autotuned, or ``kernel`` (the plain
-        one, for the interpreter) with ``tiles``' sizes (block_m, block_n, block_k, group_m)."""
+        """Run the kernel on x (M, in) into out (M, out): autotuned, or ``kernel`` (``_depth_checked``,
+        for the interpreter) with ``tiles``' sizes (block_m, block_n, block_k, group_m)."""
         rows, depth = x.shape
         cols = weight.shape[0]
 
