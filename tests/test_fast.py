@@ -98,6 +98,36 @@ def test_gelu2_matmul_kernel_in_triton_interpreter_matches_linear_then_gelu2():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_gelu2_matmul_kernel_compiles_for_hopper_pipelined_within_shared_memory():
+    """Each autotuning config compiled for sm_90 as a launch on contiguous ITHQ-sized tensors
+    specialises it (16-aligned pointers and sizes, unit inner strides), by Triton's own ptxas with no
+    GPU: tensor-core wgmma, cp.async loads at least two stages deep, and shared memory within the
+    H100's 227 KiB a block (a config over it fails at launch: "out of resource")."""
+    pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from vqdiffusion.ops import mlp_activation as ops
+
+    kernel = ops._linear_gelu2_kernel
+    signature = {name: "*bf16" for name in ("x", "w", "b", "y")}
+    signature |= {name: "i32" for name in ("m", "n", "k", "stride_xm", "stride_wn", "stride_ym")}
+    signature |= {name: "constexpr" for name in ("stride_xk", "stride_wk", "stride_yn", "has_bias", "block_m",
+                                                 "block_n", "block_k", "group_m", "even_k")}
+    aligned = ("x", "w", "b", "y", "m", "n", "k", "stride_xm", "stride_wn", "stride_ym")
+    attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    for config in ops._CONFIGS:
+        tiles = config.kwargs
+        constants = {"stride_xk": 1, "stride_wk": 1, "stride_yn": 1, "has_bias": True, "even_k": True, **tiles}
+        compiled = compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+        ptx = compiled.asm["ptx"]
+        stage_bytes = 2 * tiles["block_k"] * (tiles["block_m"] + tiles["block_n"])
+        assert "wgmma.mma_async" in ptx and "cp.async" in ptx, tiles
+        assert 2 * stage_bytes <= compiled.metadata.shared <= 227 * 1024, (tiles, compiled.metadata.shared)
+
+
 @pytest.mark.gpu
 def test_gelu2_matmul_kernel_on_a_gpu_is_as_close_to_float32_as_the_unfused_path():
     """bf16 at the ITHQ MLP's shape (1408 -> 5632) and at odd sizes, eager and under torch.compile:
