@@ -28,13 +28,18 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 FAMILIES = (  # first match wins; names of cuBLAS/cuDNN/CUTLASS/Triton kernels on sm90
-    ("matmul", r"^triton_tem"),  # inductor's Triton matmul templates
-    ("triton fused", r"^triton_"),  # inductor's fused elementwise/reduction kernels (FP8 row scaling included)
+    ("matmul", r"^triton_tem|linear_gelu2"),  # inductor's Triton matmul templates; the MLP's matmul + GELU2
+    # inductor's fused kernels, named after the ops they hold (before "attention": a kernel that
+    # permutes attention's inputs carries the op's name)
+    ("residual + layer norm + modulation", r"^triton_.*native_layer_norm"),
+    ("MLP activation", r"^triton_.*(sigmoid|gelu|erf|tanh)"),
+    ("step math", r"_truncate_kernel|^triton_.*(logadd|logsum|argmax|log_softmax)"),
+    ("triton fused", r"^triton_"),  # the other fused elementwise/reduction kernels (FP8 row scaling included)
     ("attention", r"fmha|flash|sdpa|attention|attn"),
     ("matmul (fp8)", r"f8f8|e4m3|fp8|float8|qqtst"),
     ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|_mm_|matmul|splitk|sm90_"),
     ("sort / top-k", r"sort|radix|topk|scan"),
-    ("copy / fill", r"memcpy|memset|copy|fill|cat"),
+    ("copy / fill", r"memcpy|memset|copy|fill|catarray"),
     ("pytorch elementwise / reduction", r"elementwise|vectorized|reduce|softmax|norm|index|unrolled|kernel"),
 )
 

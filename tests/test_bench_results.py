@@ -63,3 +63,19 @@ def test_floors_distance_is_near_zero_for_one_distribution_and_the_squared_shift
     assert abs(moved["fid"] - 8 * 0.25) < 1e-6
     assert moved["kid"] > 100 * abs(same["kid"]) and moved["kid"] > 3 * moved["kid_std"] > 0
     assert moved["kid_subset_size"] == 100
+
+
+def test_profile_families_split_what_a_compiled_sampling_step_runs():
+    """Kernel names from a profile of the bf16-compiled batch-32 step: each lands in its own row."""
+    families = _bench_script("profile_step").family
+    assert families("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matmul"
+    assert families("_linear_gelu2_kernel") == "matmul"
+    assert families("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention"
+    assert families("triton_per_fused_add_index_mul_native_layer_norm_split_unsqueeze_view_17") == \
+        "residual + layer norm + modulation"
+    assert families("triton_poi_fused_mul_sigmoid_view_5") == "MLP activation"
+    assert families("_truncate_kernel") == "step math"
+    assert families("triton_red_fused_add_argmax_bitwise_not_cat_clamp_min_eq_expand_index_log_logaddexp") == \
+        "step math"
+    assert families("triton_poi_fused__scaled_dot_product_cudnn_attention_permute_3") == "triton fused"
+    assert families("Memset (Device)") == "copy / fill"
