@@ -114,11 +114,15 @@ class FastPath:
         # the decoder too: eager, its GroupNorm/SiLU/residual passes and cuDNN's NCHW<->NHWC copies are a
         # large share of a whole call; compiled, they fuse and the convolutions go channels-last
         self.decode = self.decode_eager if mode is None else compile_fast(self.decode_eager, mode)
-        self.settings = SpeedSettings(fuse_qkv=fuse_qkv, fuse_activation=fuse_activation, cache_context=cache_context,
-                                      cache_modulation=cache_modulation or self.settings.cache_modulation,
+        # what a call turned on stays on (the transformer keeps its fused projections, kernels and tables)
+        before = self.settings
+        self.settings = SpeedSettings(fuse_qkv=fuse_qkv or before.fuse_qkv,
+                                      fuse_activation=fuse_activation or before.fuse_activation,
+                                      cache_context=cache_context,
+                                      cache_modulation=cache_modulation or before.cache_modulation,
                                       attention=attention,
                                       fp8=fp8 or converted,
-                                      fp8_scaling=fp8_scaling if fp8 and not converted else self.settings.fp8_scaling,
+                                      fp8_scaling=fp8_scaling if fp8 and not converted else before.fp8_scaling,
                                       compile=mode, compile_scope=compile_scope)
 
     def math(self, function: Callable) -> Callable:
