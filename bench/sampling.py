@@ -60,6 +60,11 @@ VARIANTS = {  # name: (dtype, VQDiffusionPipeline.optimize arguments or None)
     # the MLP's GELU2 in its first matmul's epilogue (a Triton matmul instead of cuBLAS's)
     "bf16-compiled-act": (BF16, {**FAST, "fuse_activation": True, "attention": "cudnn", "compile": True}),
     "bf16-graphs-act": (BF16, {**FAST, "fuse_activation": True, "attention": "cudnn", "compile": "reduce-overhead"}),
+    # the residual adds in the projections' epilogues too (the norms then read one tensor, not two)
+    "bf16-compiled-epilogues": (BF16, {**FAST, "fuse_activation": True, "fuse_residual": True, "attention": "cudnn",
+                                       "compile": True}),
+    "bf16-graphs-epilogues": (BF16, {**FAST, "fuse_activation": True, "fuse_residual": True, "attention": "cudnn",
+                                     "compile": "reduce-overhead"}),
     "bf16-graphs": (BF16, {**FAST, "attention": "cudnn", "compile": "reduce-overhead"}),
     "bf16-autotune": (BF16, {**FAST, "attention": "cudnn", "compile": "max-autotune-no-cudagraphs"}),  # slow compile
     "fp8-compiled": (BF16, {**FAST, "attention": "cudnn", "compile": True, "fp8": True}),

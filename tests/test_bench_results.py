@@ -69,7 +69,7 @@ def test_profile_families_split_what_a_compiled_sampling_step_runs():
     """Kernel names from a profile of the bf16-compiled batch-32 step: each lands in its own row."""
     families = _bench_script("profile_step").family
     assert families("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matmul"
-    assert families("_linear_gelu2_kernel") == "matmul"
+    assert families("_fused_linear_kernel") == "matmul"
     assert families("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention"
     assert families("triton_per_fused_add_index_mul_native_layer_norm_split_unsqueeze_view_17") == \
         "residual + layer norm + modulation"

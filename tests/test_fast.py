@@ -69,27 +69,49 @@ def test_fuse_activation_marks_the_gelu2_mlps_and_leaves_weights_and_cpu_samples
     assert not gelu.training and not any(p.requires_grad for p in gelu.parameters())  # no backward: frozen
 
 
+def test_fuse_residual_marks_every_block_and_leaves_weights_and_cpu_samples_alone():
+    plain = tokens(tiny_pipeline("text"))
+    pipe = tiny_pipeline("text").optimize(fuse_qkv=False, fuse_residual=True)
+    assert pipe.fast.settings.fuse_residual
+    pipe.optimize(fuse_qkv=False)  # a later call leaves the blocks as they are, and the settings say so
+    assert pipe.fast.settings.fuse_residual
+    assert [block.residual_in_projection for block in pipe.transformer.transformer_blocks] == [True, True]
+    assert torch.equal(tokens(pipe), plain)  # no CUDA here: linear then add, the same sums
+    assert pipe.transformer.state_dict().keys() == tiny_pipeline("text").transformer.state_dict().keys()
+    unconditional = tiny_pipeline("uncond").transformer  # blocks without cross-attention
+    x = torch.randint(0, unconditional.config.num_embeds + 1, (3, unconditional.config.num_tokens))
+    with torch.no_grad():
+        expected = unconditional(x, torch.tensor([0, 41, 99]))
+        assert unconditional.fuse_residual() == unconditional.config.num_layers
+        assert torch.equal(unconditional(x, torch.tensor([0, 41, 99])), expected)
+    assert not unconditional.training and not any(p.requires_grad for p in unconditional.parameters())
+
+
 _INTERPRETED_KERNEL = """
 import torch
-from vqdiffusion.ops import mlp_activation as ops
+from vqdiffusion.ops import fused_linear as ops
 torch.manual_seed(0)
 for rows, inner, outer, bias in ((70, 48, 96, True), (64, 64, 64, False), (33, 40, 50, True), (40, 24, 36, False)):
     x, linear = torch.randn(rows, inner), torch.nn.Linear(inner, outer, bias=bias)
-    out = torch.full((rows, outer), float("nan"))
-    ops.launch(x, linear.weight.detach(), None if linear.bias is None else linear.bias.detach(), out,
-               kernel=ops._depth_checked, block_m=32, block_n=32, block_k=16, group_m=2)
     h = linear(x).detach().double()
-    expected = h * torch.sigmoid(1.702 * h)
-    error = (out.double() - expected).abs().max().item()
-    assert error < 1e-4, (rows, inner, outer, bias, error)
+    for gelu2, residual in ((True, None), (False, torch.randn(rows, outer)), (True, torch.randn(outer, rows).T)):
+        out = torch.full((rows, outer), float("nan"))
+        ops.launch(x, linear.weight.detach(), None if linear.bias is None else linear.bias.detach(), residual, out,
+                   gelu2=gelu2, kernel=ops._depth_checked, block_m=32, block_n=32, block_k=16, group_m=2)
+        expected = h * torch.sigmoid(1.702 * h) if gelu2 else h
+        if residual is not None:
+            expected = expected + residual.double()
+        error = (out.double() - expected).abs().max().item()
+        assert error < 1e-4, (rows, inner, outer, bias, gelu2, residual is not None, error)
 print("ok")
 """
 
 
-def test_gelu2_matmul_kernel_in_triton_interpreter_matches_linear_then_gelu2():
+def test_epilogue_matmul_kernel_in_triton_interpreter_matches_linear_then_gelu2_or_add():
     """The kernel's tiling (edge tiles in every dimension, depths a multiple of the tile or not, the
-    grouped tile order, the bias and the epilogue) run by Triton's interpreter on the CPU in float32;
-    needs Triton, which CPU torch wheels lack (the GPU test below covers bf16 on the device)."""
+    grouped tile order, the bias) and its epilogues (GELU2, a residual read through its strides, both)
+    run by Triton's interpreter on the CPU in float32; needs Triton, which CPU torch wheels lack (the
+    GPU tests below cover bf16 on the device)."""
     import os
     import subprocess
     import sys
@@ -100,60 +122,90 @@ def test_gelu2_matmul_kernel_in_triton_interpreter_matches_linear_then_gelu2():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def test_gelu2_matmul_kernel_compiles_for_hopper_pipelined_within_shared_memory():
-    """Each autotuning config compiled for sm_90 as a launch on contiguous ITHQ-sized tensors
-    specialises it (16-aligned pointers and sizes, unit inner strides), by Triton's own ptxas with no
-    GPU: tensor-core wgmma, cp.async loads at least two stages deep, and shared memory within the
-    H100's 227 KiB a block (a config over it fails at launch: "out of resource")."""
+def test_epilogue_matmul_kernel_compiles_for_hopper_pipelined_within_shared_memory():
+    """Each autotuning config, with each epilogue, compiled for sm_90 as a launch on contiguous
+    ITHQ-sized tensors specialises it (16-aligned pointers and sizes, unit inner strides), by
+    Triton's own ptxas with no GPU: tensor-core wgmma, cp.async loads at least two stages deep, and
+    shared memory within the H100's 227 KiB a block (a config over it fails at launch: "out of
+    resource")."""
     pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile
 
-    from vqdiffusion.ops import mlp_activation as ops
+    from vqdiffusion.ops import fused_linear as ops
 
-    kernel = ops._linear_gelu2_kernel
-    signature = {name: "*bf16" for name in ("x", "w", "b", "y")}
-    signature |= {name: "i32" for name in ("m", "n", "k", "stride_xm", "stride_wn", "stride_ym")}
-    signature |= {name: "constexpr" for name in ("stride_xk", "stride_wk", "stride_yn", "has_bias", "block_m",
+    kernel = ops._fused_linear_kernel
+    unit_strides = ("stride_xk", "stride_wk", "stride_rn", "stride_yn")
+    signature = {name: "*bf16" for name in ("x", "w", "b", "r", "y")}
+    signature |= {name: "i32" for name in ("m", "n", "k", "stride_xm", "stride_wn", "stride_rm", "stride_ym")}
+    signature |= {name: "constexpr" for name in (*unit_strides, "has_bias", "gelu2", "has_residual", "block_m",
                                                  "block_n", "block_k", "group_m", "even_k")}
-    aligned = ("x", "w", "b", "y", "m", "n", "k", "stride_xm", "stride_wn", "stride_ym")
+    aligned = ("x", "w", "b", "r", "y", "m", "n", "k", "stride_xm", "stride_wn", "stride_rm", "stride_ym")
     attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     for config in ops._CONFIGS:
         tiles = config.kwargs
-        constants = {"stride_xk": 1, "stride_wk": 1, "stride_yn": 1, "has_bias": True, "even_k": True, **tiles}
-        compiled = compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-        ptx = compiled.asm["ptx"]
-        stage_bytes = 2 * tiles["block_k"] * (tiles["block_m"] + tiles["block_n"])
-        assert "wgmma.mma_async" in ptx and "cp.async" in ptx, tiles
-        assert 2 * stage_bytes <= compiled.metadata.shared <= 227 * 1024, (tiles, compiled.metadata.shared)
+        for gelu2 in (True, False):
+            constants = {**dict.fromkeys(unit_strides, 1), "has_bias": True, "gelu2": gelu2,
+                         "has_residual": not gelu2, "even_k": True, **tiles}
+            compiled = compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
+                               target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+            ptx = compiled.asm["ptx"]
+            stage_bytes = 2 * tiles["block_k"] * (tiles["block_m"] + tiles["block_n"])
+            assert "wgmma.mma_async" in ptx and "cp.async" in ptx, (tiles, gelu2)
+            assert 2 * stage_bytes <= compiled.metadata.shared <= 227 * 1024, (tiles, gelu2, compiled.metadata.shared)
+
+
+def _relative_errors(fused: torch.Tensor, unfused: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
+    scale = exact.norm()
+    return ((fused.double() - exact).norm() / scale).item(), ((unfused.double() - exact).norm() / scale).item()
 
 
 @pytest.mark.gpu
 def test_gelu2_matmul_kernel_on_a_gpu_is_as_close_to_float32_as_the_unfused_path():
     """bf16 at the ITHQ MLP's shape (1408 -> 5632) and at odd sizes, eager and under torch.compile:
-    the fused result's error against float32 is within that of cuBLAS's bf16 matmul then GELU2."""
-    from vqdiffusion.ops.mlp_activation import linear_gelu2, linear_gelu2_available
+    the fused result's error against float64 is within that of cuBLAS's bf16 matmul then GELU2."""
+    from vqdiffusion.ops.fused_linear import fused_linear_available, linear_gelu2
 
     torch.manual_seed(0)
+    compiled = torch.compile(linear_gelu2, dynamic=False)
     for rows, inner, outer in ((4096, 1408, 5632), (300, 72, 200)):
         linear = torch.nn.Linear(inner, outer).to("cuda", torch.bfloat16)
         x = torch.randn(2, rows // 2, inner, device="cuda", dtype=torch.bfloat16)
-        assert linear_gelu2_available(x, linear)
+        assert fused_linear_available(x, linear)
         h = torch.nn.functional.linear(x.double(), linear.weight.double(), linear.bias.double())
         exact = h * torch.sigmoid(1.702 * h)
         unfused = linear(x)
         unfused = unfused * torch.sigmoid(1.702 * unfused)
-        scale = exact.norm()
-        unfused_error = (unfused.double() - exact).norm() / scale
-        compiled = torch.compile(linear_gelu2, dynamic=False)
         for fused in (linear_gelu2(x, linear.weight, linear.bias), compiled(x, linear.weight, linear.bias)):
             assert fused.shape == unfused.shape and fused.dtype == torch.bfloat16
-            assert (fused.double() - exact).norm() / scale < 1.1 * unfused_error, (rows, inner, outer)
-    pipe = tiny_pipeline("text").to("cuda", torch.bfloat16)
-    plain = tokens(pipe)
-    fused = tokens(tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(fuse_activation=True, compile=True))
+            fused_error, unfused_error = _relative_errors(fused, unfused, exact)
+            assert fused_error < 1.1 * unfused_error, (rows, inner, outer, fused_error, unfused_error)
+
+
+@pytest.mark.gpu
+def test_residual_matmul_kernel_on_a_gpu_is_as_close_to_float32_as_the_unfused_path():
+    """bf16 at the ITHQ block's shapes (attention output 1408 -> 1408, MLP 5632 -> 1408) and at odd
+    sizes, eager and compiled: residual + linear(x) in one kernel is as close to float64 as cuBLAS's
+    matmul then the add; a compiled tiny pipeline with both epilogues draws the tokens it drew before."""
+    from vqdiffusion.ops.fused_linear import linear_add
+
+    torch.manual_seed(0)
+    compiled = torch.compile(linear_add, dynamic=False)
+    for rows, inner, outer in ((4096, 1408, 1408), (4096, 5632, 1408), (300, 72, 200)):
+        linear = torch.nn.Linear(inner, outer).to("cuda", torch.bfloat16)
+        x = torch.randn(2, rows // 2, inner, device="cuda", dtype=torch.bfloat16)
+        residual = 4 * torch.randn(2, rows // 2, outer, device="cuda", dtype=torch.bfloat16)
+        exact = residual.double() + torch.nn.functional.linear(x.double(), linear.weight.double(),
+                                                               linear.bias.double())
+        unfused = residual + linear(x)
+        for fused in (linear_add(x, linear, residual), compiled(x, linear, residual)):
+            assert fused.shape == unfused.shape and fused.dtype == torch.bfloat16
+            fused_error, unfused_error = _relative_errors(fused, unfused, exact)
+            assert fused_error < 1.1 * unfused_error, (rows, inner, outer, fused_error, unfused_error)
+    plain = tokens(tiny_pipeline("text").to("cuda", torch.bfloat16))
+    fused = tokens(tiny_pipeline("text").to("cuda", torch.bfloat16).optimize(
+        fuse_activation=True, fuse_residual=True, compile=True))
     assert (fused == plain).float().mean().item() > 0.8
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops.mlp_activation import linear_gelu2, linear_gelu2_available
+from ..ops.fused_linear import fused_linear_available, linear_add, linear_gelu2
 
 __all__ = ["TransformerConfig", "VQDiffusionTransformer", "ACTIVATIONS"]
 
@@ -160,9 +160,11 @@ class Attention(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, N, D); context (B, L, C), or its precomputed ``keys_values``, or neither for
-        self-attention -> (B, N, D)."""
+        self-attention -> (B, N, D), plus ``residual`` (B, N, D) if given (added inside the output
+        projection's kernel where it can be: inference, see ``TransformerBlock``)."""
         if keys_values is not None:
             q, (k, v) = self._heads(self.to_q(x)), keys_values
         elif context is None and self.to_qkv is not None and not self.training:
@@ -174,7 +176,7 @@ class Attention(nn.Module):
             q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(source)), self._heads(self.to_v(source))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.to_out[0](out)
+        return self.to_out[0](out) if residual is None else linear_add(out, self.to_out[0], residual)
 
     def _stacked_qkv(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, N, D) -> (B, N, 3 * inner): q, k and v from one matmul over the stacked weights."""
@@ -208,7 +210,7 @@ class GatedOrPlainProjection(nn.Module):
         self.fused_kernel = False  # GELU2 in the matmul's epilogue (CUDA, Triton): fuse_activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_kernel and linear_gelu2_available(x, self.proj):
+        if self.fused_kernel and fused_linear_available(x, self.proj):
             return linear_gelu2(x, self.proj.weight, self.proj.bias)
         x = self.proj(x)
         if self.activation == "geglu":
@@ -227,10 +229,12 @@ class FeedForward(nn.Module):
             [GatedOrPlainProjection(dim, inner, activation), nn.Dropout(dropout), nn.Linear(inner, dim)]
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            x = layer(x)
-        return x
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, D), plus ``residual`` (B, N, D) if given (inside the second
+        linear's kernel where it can be)."""
+        first, dropout, second = self.net
+        hidden = dropout(first(x))
+        return second(hidden) if residual is None else linear_add(hidden, second, residual)
 
 
 class TransformerBlock(nn.Module):
@@ -246,6 +250,8 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, config.mlp_ratio, config.activation, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
+        # inference: each residual add inside the projection before it (fuse_residual())
+        self.residual_in_projection = False
 
     def forward(
         self,
@@ -255,6 +261,12 @@ class TransformerBlock(nn.Module):
         extra: torch.Tensor | None,
         keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        if self.residual_in_projection and not self.training:
+            # the same sums (dropout is the identity here), each added on the projection's accumulator
+            x = self.attn1(self.norm1(x, timestep, extra), residual=x)
+            if self.has_cross_attention:
+                x = self.attn2(self.norm2(x, timestep, extra), context, keys_values, residual=x)
+            return self.ff(self.norm3(x), residual=x)
         x = x + self.dropout(self.attn1(self.norm1(x, timestep, extra)))
         if self.has_cross_attention:
             x = x + self.dropout(self.attn2(self.norm2(x, timestep, extra), context, keys_values))
@@ -334,6 +346,16 @@ class VQDiffusionTransformer(nn.Module):
             projection.fused_kernel = projection.activation == "geglu-approximate"
             fused += projection.fused_kernel
         return fused
+
+    def fuse_residual(self) -> int:
+        """Every block's three residual adds computed inside the projection before them (the
+        attention outputs and the MLP's second linear: one Triton kernel each on CUDA bf16/fp16;
+        elsewhere, and for FP8 linears, the linear then the add). Returns the number of blocks. For
+        inference: the kernel has no backward, so the model is frozen."""
+        self.eval().requires_grad_(False)
+        for block in self.transformer_blocks:
+            block.residual_in_projection = True
+        return len(self.transformer_blocks)
 
     def tabulate_modulation(self) -> VQDiffusionTransformer:
         """Every AdaLN's scale and shift per timestep computed once (inference; see

@@ -184,8 +184,8 @@ class VQDiffusionPipeline:
     def optimize(self, **options) -> VQDiffusionPipeline:
         """Inference speed-ups, in place (the pipeline is for sampling afterwards); returns self.
         The options and their defaults are :meth:`~vqdiffusion.speed.FastPath.optimize`'s:
-        ``fuse_qkv``, ``fuse_activation``, ``cache_context``, ``cache_modulation``, ``attention``, ``fp8``,
-        ``fp8_scaling``, ``compile``, ``compile_scope``."""
+        ``fuse_qkv``, ``fuse_activation``, ``fuse_residual``, ``cache_context``, ``cache_modulation``,
+        ``attention``, ``fp8``, ``fp8_scaling``, ``compile``, ``compile_scope``."""
         self.fast.optimize(**options)
         return self
 

@@ -31,6 +31,7 @@ class SpeedSettings:
 
     fuse_qkv: bool = False
     fuse_activation: bool = False
+    fuse_residual: bool = False
     cache_context: bool = False
     cache_modulation: bool = False
     attention: str = "auto"
@@ -51,7 +52,8 @@ class FastPath:
         self.network: Callable = transformer
         self.decode: Callable = decode
 
-    def optimize(self, *, fuse_qkv: bool = True, fuse_activation: bool = False, cache_context: bool = True,
+    def optimize(self, *, fuse_qkv: bool = True, fuse_activation: bool = False, fuse_residual: bool = False,
+                 cache_context: bool = True,
                  cache_modulation: bool = True, attention: str = "auto",
                  fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False,
                  compile_scope: str = "model") -> None:
@@ -61,6 +63,8 @@ class FastPath:
             fuse_qkv: one matmul for each self-attention's q, k and v.
             fuse_activation: the MLPs' GELU2 inside their first matmul (a Triton kernel on CUDA
                 bf16/fp16 pipelines; an FP8 MLP keeps its own matmul).
+            fuse_residual: each block's residual adds inside the projections before them (the
+                attention outputs, the MLP's second linear; the same Triton kernel, the same limits).
             cache_context: cross-attention keys and values computed once per call, not per step.
             cache_modulation: each AdaLN's scale and shift computed once per timestep, not per step
                 (models without classes: :meth:`~vqdiffusion.models.VQDiffusionTransformer.tabulate_modulation`).
@@ -101,6 +105,8 @@ class FastPath:
             self.transformer.fuse_qkv()
         if fuse_activation:
             self.transformer.fuse_activation()
+        if fuse_residual:
+            self.transformer.fuse_residual()
         if cache_modulation:
             self.transformer.tabulate_modulation()
         converted = self.settings.fp8
@@ -118,6 +124,7 @@ class FastPath:
         before = self.settings
         self.settings = SpeedSettings(fuse_qkv=fuse_qkv or before.fuse_qkv,
                                       fuse_activation=fuse_activation or before.fuse_activation,
+                                      fuse_residual=fuse_residual or before.fuse_residual,
                                       cache_context=cache_context,
                                       cache_modulation=cache_modulation or before.cache_modulation,
                                       attention=attention,
