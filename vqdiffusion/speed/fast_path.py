@@ -53,8 +53,7 @@ class FastPath:
         self.decode: Callable = decode
 
     def optimize(self, *, fuse_qkv: bool = True, fuse_activation: bool = False, fuse_residual: bool = False,
-                 cache_context: bool = True,
-                 cache_modulation: bool = True, attention: str = "auto",
+                 cache_context: bool = True, cache_modulation: bool = True, attention: str = "auto",
                  fp8: bool = False, fp8_scaling: str = "row", compile: bool | str = False,
                  compile_scope: str = "model") -> None:
         """Inference speed-ups, in place (the transformer is for sampling afterwards).
