@@ -1,6 +1,6 @@
 """A linear layer with what follows it computed on its accumulator: ``y = g(x W^T + b) [+ r]``.
 
-Two epilogues that cuBLAS cannot run, each saving a memory-bound pass over a large activation:
+Two epilogues that cuBLAS cannot run, each saving memory traffic of a bandwidth-bound kernel:
 
 - the MLP's GELU2, ``g(h) = h·σ(1.702 h)`` (:func:`linear_gelu2`). Unfused, the (tokens, 4·width)
   hidden goes out to memory from the matmul, back in for the activation and out again: at the
