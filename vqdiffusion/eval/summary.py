@@ -41,8 +41,11 @@ def summarize(folder: str | Path) -> list[Path]:
     rows = collect(folder)
     if not rows:
         raise FileNotFoundError(f"no metrics.json under {folder}: run sample.py with eval.metrics=[...] first")
-    for row in rows:  # the plots' lines: a sampler with its options where those differ between runs
+    for row in rows:  # the plots' lines: a sampler with its options where those differ between runs ...
         row["variant"] = _variant(row, rows)
+        # ... and, across guidance scales, each step count of it on a line of its own
+        steps = row.get("num_inference_steps")
+        row["setting"] = row["variant"] if steps is None else f"{row['variant']}, {steps} steps"
     columns = ["run"] + [c for c in SETTINGS if any(c in r for r in rows)]
     columns += [c for c in QUALITY + ("kid_std", "is_std", "images_per_second", "images_per_second_steady",
                                       "num_images", "device")
@@ -135,10 +138,6 @@ def _plots(folder: Path, rows: list[dict]) -> list[Path]:
     if len({r.get("num_inference_steps") for r in rows}) > 1:
         for metric in (m for m in QUALITY if all(m in r for r in rows)):
             plot("num_inference_steps", metric, f"{metric}_vs_steps.png", "variant")
-    # across guidance scales: one line per sampler and step count, so that settings are not joined
-    for r in rows:
-        steps = r.get("num_inference_steps")
-        r["setting"] = r["variant"] if steps is None else f"{r['variant']}, {steps} steps"
     for fidelity in (m for m in FIDELITY if m != quality and all(m in r for r in rows)):
         plot(fidelity, quality, f"{quality}_vs_{fidelity}.png", "setting", along="guidance_scale")
     # the steady rate where every run has one: a sweep's first job also compiles, the others reuse it
