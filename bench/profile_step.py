@@ -28,7 +28,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 FAMILIES = (  # first match wins; names of cuBLAS/cuDNN/CUTLASS/Triton kernels on sm90
-    ("matmul", r"^triton_tem|fused_linear"),  # inductor's Triton matmul templates; the project's epilogue matmuls
+    ("matmul", r"^triton_tem|^_fused_linear_kernel"),  # inductor's matmul templates; the project's epilogue matmul
     # inductor's fused kernels, named after the ops they hold (before "attention": a kernel that
     # permutes attention's inputs carries the op's name)
     ("residual + layer norm + modulation", r"^triton_.*native_layer_norm"),

@@ -123,10 +123,12 @@ if triton is not None:
         def grid(meta):
             return (triton.cdiv(rows, meta["block_m"]) * triton.cdiv(cols, meta["block_n"]),)
 
+        # absent operands get a stand-in pointer the kernel never reads (has_bias / has_residual off)
+        added = residual if residual is not None else out
         (kernel or wrap_triton(_tuned_kernel))[grid](
-            x, weight, bias if bias is not None else x, residual if residual is not None else out, out,
-            rows, cols, depth, *x.stride(), *weight.stride(), *(residual if residual is not None else out).stride(),
-            *out.stride(), has_bias=bias is not None, gelu2=gelu2, has_residual=residual is not None, **tiles)
+            x, weight, bias if bias is not None else x, added, out, rows, cols, depth, *x.stride(), *weight.stride(),
+            *added.stride(), *out.stride(), has_bias=bias is not None, gelu2=gelu2, has_residual=residual is not None,
+            **tiles)
 
     @triton_op("vqdiffusion::linear_gelu2", mutates_args=())
     def _linear_gelu2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
