@@ -171,11 +171,13 @@ def test_validation_samples_with_the_samplers_guidance_schedule_and_the_experime
 
     monkeypatch.setattr(VQDiffusionPipeline, "__call__", recording)
     # the quickstart sets its own truncation (0.6); maskgit brings its linear guidance schedule
-    cfg = compose_train(["experiment=quickstart", *TINY, "sampler=maskgit", f"output_dir={tmp_path}"])
+    cfg = compose_train(["experiment=quickstart", *TINY, "sampler=maskgit_halton", f"output_dir={tmp_path}"])
     train(cfg)
     assert calls and all(c["guidance_schedule"] == "linear" and c["truncation_rate"] == 0.6 for c in calls)
-    assert all(c["sampler"].name == "maskgit" for c in calls)
-    assert "guidance_schedule='linear'" in (tmp_path / "pipeline" / "README.md").read_text()
+    assert all(c["sampler"].name == "maskgit" and c["sampler"].order == "halton" for c in calls)
+    card = (tmp_path / "pipeline" / "README.md").read_text()
+    # the card's call samples as validation did: the Halton order named, the defaults left out
+    assert "guidance_schedule='linear'" in card and "sampler_options={'order': 'halton'})" in card
     plain = compose_train(["experiment=emoji_gpu", "sampler=maskgit"]).validation  # no truncation of its own
     assert (plain.guidance_schedule, plain.truncation_rate) == ("linear", 0.9)
 

@@ -66,7 +66,8 @@ def model_card(folder: str | Path, *, base_model: str | None = None, training_da
         base_model: the model this one started from (a hub id or path), if any.
         training_data: a line naming the training data.
         sampler: the call settings the model is meant for, e.g. ``{"num_inference_steps": 50,
-            "guidance_scale": 3.0, "truncation_rate": 0.86, "sampler": "ancestral"}``.
+            "guidance_scale": 3.0, "truncation_rate": 0.86, "sampler": "maskgit", "sampler_options":
+            {"order": "halton"}}``.
         metrics: numbers measured on the model (nested dicts are flattened; non-numbers skipped).
     """
     folder = Path(folder)

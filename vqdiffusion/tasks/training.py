@@ -147,6 +147,16 @@ def validation_sampling(cfg: DictConfig) -> dict:
             "guidance_schedule": cfg.validation.guidance_schedule, "truncation_rate": cfg.validation.truncation_rate}
 
 
+def changed_sampler_options(algorithm: DictConfig) -> dict:
+    """The sampler config's arguments that differ from its class's defaults: what a pipeline call
+    naming the sampler must add as ``sampler_options`` to sample as the config does."""
+    defaults = {name: parameter.default for name, parameter in
+                inspect.signature(get_class(algorithm._target_)).parameters.items()}
+    options = OmegaConf.to_container(algorithm, resolve=True)
+    return {key: value for key, value in options.items()
+            if not key.startswith("_") and defaults.get(key, inspect.Parameter.empty) != value}
+
+
 def write_card(cfg: DictConfig, folder: Path, metrics: dict) -> None:
     """The exported pipeline's model card with what the run knows: data, sampler settings, metrics."""
     from ..convert.model_card import write_model_card
@@ -156,6 +166,9 @@ def write_card(cfg: DictConfig, folder: Path, metrics: dict) -> None:
     sampler = {"sampler": instantiate(cfg.sampler.algorithm).name, **validation_sampling(cfg)}
     if sampler["guidance_schedule"] == "constant":  # the call's default; named only when it differs
         del sampler["guidance_schedule"]
+    options = changed_sampler_options(cfg.sampler.algorithm)
+    if options:  # e.g. MaskGIT's Halton order: the name alone would call the confidence order
+        sampler["sampler_options"] = options
     write_model_card(folder, training_data=f"{name} ({', '.join(f'{k}={v}' for k, v in data.items())})",
                      base_model=cfg.tokenizer_checkpoint if cfg.stage == "diffusion" else None,
                      sampler=sampler, metrics=metrics.get("diffusion"))
