@@ -19,11 +19,8 @@ import argparse
 import torch
 from common import SIZES, Results, matmul_peak, median_seconds
 
+from vqdiffusion.models.transformer import gelu2
 from vqdiffusion.ops.fused_linear import fused_linear_available, linear_add, linear_gelu2
-
-
-def gelu2(h: torch.Tensor) -> torch.Tensor:
-    return h * torch.sigmoid(1.702 * h)
 
 
 def ways_to_compute(linear, x, residual, epilogue: str, gelu2_pass, add_pass) -> dict:

@@ -199,6 +199,11 @@ def _drop_fused_keys(module, state_dict, prefix, local_metadata) -> None:
         del state_dict[key]
 
 
+def gelu2(h: torch.Tensor) -> torch.Tensor:
+    """GELU2 of the original code, ``h * sigmoid(1.702 h)`` (diffusers' "geglu-approximate")."""
+    return h * torch.sigmoid(1.702 * h)
+
+
 class GatedOrPlainProjection(nn.Module):
     """The MLP's first layer and activation, named like diffusers (``ff.net.0.proj``)."""
 
@@ -216,8 +221,8 @@ class GatedOrPlainProjection(nn.Module):
         if self.activation == "geglu":
             x, gate = x.chunk(2, dim=-1)
             return x * F.gelu(gate)
-        if self.activation == "geglu-approximate":  # GELU2 of the original code: x * sigmoid(1.702 x)
-            return x * torch.sigmoid(1.702 * x)
+        if self.activation == "geglu-approximate":
+            return gelu2(x)
         return F.gelu(x, approximate="tanh" if self.activation == "gelu-approximate" else "none")
 
 
